@@ -1,0 +1,146 @@
+"""Every state change of agents, their roles, tokens and sessions goes through these functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents.models import Agent, AgentSession, AgentStatus, AgentToken, Role
+from behavry.actors import Actor
+from behavry.errors import Conflict, InvalidInput
+from behavry.tokens import AGENT_TOKEN_KIND, secret_generate
+
+AGENT_EDITABLE_FIELDS = {"name", "description", "owner", "max_hold_seconds"}
+
+
+@transaction.atomic
+def role_create(*, name: str, description: str = "", by: Actor) -> Role:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("A role needs a name.", fields={"name": ["This field is required."]})
+    role, _ = Role.objects.get_or_create(name=name, defaults={"description": description})
+    return role
+
+
+def _roles_by_name(names: Iterable[str]) -> list[Role]:
+    names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    roles = list(Role.objects.filter(name__in=names))
+    missing = sorted(set(names) - {r.name for r in roles})
+    if missing:
+        raise InvalidInput(
+            f"Unknown role(s): {', '.join(missing)}.", fields={"roles": [f"Unknown: {', '.join(missing)}"]}
+        )
+    return roles
+
+
+def _check_max_hold(value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 86400:
+        raise InvalidInput(
+            "max_hold_seconds must be between 1 and 86400.",
+            fields={"max_hold_seconds": ["Must be an integer between 1 and 86400."]},
+        )
+
+
+@transaction.atomic
+def agent_create(
+    *,
+    name: str,
+    by: Actor,
+    description: str = "",
+    owner: str = "",
+    roles: Iterable[str] = (),
+    max_hold_seconds: int = 50,
+) -> Agent:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("An agent needs a name.", fields={"name": ["This field is required."]})
+    _check_max_hold(max_hold_seconds)
+    role_objs = _roles_by_name(roles)
+    try:
+        with transaction.atomic():
+            agent = Agent.objects.create(
+                name=name, description=description, owner=owner, max_hold_seconds=max_hold_seconds
+            )
+    except IntegrityError:
+        raise InvalidInput(f"An agent named {name!r} already exists.", fields={"name": ["Already taken."]}) from None
+    agent.roles.set(role_objs)
+    return agent
+
+
+@transaction.atomic
+def agent_update(*, agent: Agent, by: Actor, roles: Iterable[str] | None = None, **fields) -> Agent:
+    """Change an agent's descriptive fields and roles. Status changes use suspend/reactivate."""
+    unknown = set(fields) - AGENT_EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"Cannot change {', '.join(sorted(unknown))} here.", fields={f: ["Not editable."] for f in unknown}
+        )
+    if "max_hold_seconds" in fields:
+        _check_max_hold(fields["max_hold_seconds"])
+    if "name" in fields:
+        fields["name"] = (fields["name"] or "").strip()
+        if not fields["name"]:
+            raise InvalidInput("An agent needs a name.", fields={"name": ["This field is required."]})
+        if Agent.objects.filter(name=fields["name"]).exclude(pk=agent.pk).exists():
+            raise InvalidInput(
+                f"An agent named {fields['name']!r} already exists.", fields={"name": ["Already taken."]}
+            )
+    for key, value in fields.items():
+        setattr(agent, key, value)
+    agent.save()
+    if roles is not None:
+        agent.roles.set(_roles_by_name(roles))
+    return agent
+
+
+@transaction.atomic
+def agent_suspend(*, agent: Agent, by: Actor, reason: str = "") -> Agent:
+    """Suspend an agent and end every open session of it.
+
+    1. Flip status with a conditional UPDATE, so two concurrent suspends do not both "win".
+    2. End all its open sessions in the same transaction: after commit no process can find one.
+    The proxy re-reads agent status at least every second, so in-flight processes refuse the agent
+    on its next request.
+    """
+    now = timezone.now()
+    changed = Agent.objects.filter(pk=agent.pk, status=AgentStatus.ACTIVE).update(
+        status=AgentStatus.SUSPENDED, suspended_at=now, suspended_reason=reason or "", updated_at=now
+    )
+    if not changed:
+        raise Conflict(f"Agent {agent.name!r} is already suspended.")
+    AgentSession.objects.filter(agent=agent, ended_at__isnull=True).update(ended_at=now, end_reason="agent suspended")
+    agent.refresh_from_db()
+    return agent
+
+
+@transaction.atomic
+def agent_reactivate(*, agent: Agent, by: Actor) -> Agent:
+    now = timezone.now()
+    changed = Agent.objects.filter(pk=agent.pk, status=AgentStatus.SUSPENDED).update(
+        status=AgentStatus.ACTIVE, suspended_at=None, suspended_reason="", updated_at=now
+    )
+    if not changed:
+        raise Conflict(f"Agent {agent.name!r} is not suspended.")
+    agent.refresh_from_db()
+    return agent
+
+
+@transaction.atomic
+def agent_token_issue(*, agent: Agent, by: Actor, label: str = "") -> tuple[AgentToken, str]:
+    """Issue a new token; the raw value is returned once and never stored."""
+    secret = secret_generate(AGENT_TOKEN_KIND)
+    token = AgentToken.objects.create(
+        agent=agent, label=(label or "").strip()[:100], prefix=secret.prefix, token_hash=secret.digest
+    )
+    return token, secret.raw
+
+
+@transaction.atomic
+def agent_token_revoke(*, token: AgentToken, by: Actor) -> AgentToken:
+    changed = AgentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if not changed:
+        raise Conflict(f"Token {token.prefix}… is already revoked.")
+    token.refresh_from_db()
+    return token

@@ -1,0 +1,1 @@
+"""The audit trail arrives with the audit issue."""

@@ -1,0 +1,32 @@
+"""Celery application and the one beat schedule.
+
+Every periodic job is listed here with why it runs at its interval. Tasks are adapters: they take
+ids and call a service, so a job's logic is testable without Celery.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_ready
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "behavry.settings")
+
+app = Celery("behavry")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Later issues add: risk recompute (60 s), escalation sweep (30 s), anomaly detection.
+app.conf.beat_schedule = {
+    # Heartbeat so /readyz can tell that beat and a worker are both alive.
+    "behavry-heartbeat": {"task": "behavry.tasks.heartbeat", "schedule": 30.0},
+}
+
+
+@worker_ready.connect
+def _heartbeat_on_start(sender=None, **kwargs) -> None:
+    # /readyz should not report "no worker" for the first 30 s after start-up.
+    from behavry.tasks import heartbeat
+
+    heartbeat()

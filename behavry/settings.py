@@ -1,0 +1,192 @@
+"""Behavry settings: the one place that reads the environment.
+
+With no variables set you get the embedded default (SQLite in var/, the in-memory channel layer,
+Celery on a filesystem broker in var/). DATABASE_URL and REDIS_URL switch to PostgreSQL and Redis.
+Every variable is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .env import (
+    ConfigError,
+    check_redis_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_str,
+    parse_database_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    VAR_DIR = Path(env_str("BEHAVRY_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+    DEBUG = env_bool("BEHAVRY_DEBUG", False)
+    _secret = env_str("BEHAVRY_SECRET_KEY", "")
+    _production = env_bool("BEHAVRY_PRODUCTION", False)
+    if _production and len(_secret) < 32:
+        raise ConfigError("BEHAVRY_SECRET_KEY must be set to at least 32 characters when BEHAVRY_PRODUCTION=true")
+    ALLOWED_HOSTS = env_list("BEHAVRY_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+    CSRF_TRUSTED_ORIGINS = env_list("BEHAVRY_CSRF_TRUSTED_ORIGINS", [])
+    BEHAVRY_PORT = env_int("BEHAVRY_PORT", 8000, minimum=1, maximum=65535)
+    BEHAVRY_DEMO_UPSTREAM_PORT = env_int("BEHAVRY_DEMO_UPSTREAM_PORT", 8765, minimum=1, maximum=65535)
+    _database = parse_database_url(env_str("DATABASE_URL", ""), sqlite_default=VAR_DIR / "behavry.sqlite3")
+    REDIS_URL = check_redis_url("REDIS_URL", env_str("REDIS_URL", ""))
+    BEHAVRY_API_THROTTLE = env_str("BEHAVRY_API_THROTTLE", "600/min")
+    BEHAVRY_AUDIT_RETENTION_DAYS = env_int("BEHAVRY_AUDIT_RETENTION_DAYS", 365, minimum=1)
+    BEHAVRY_LOG_LEVEL = env_str("BEHAVRY_LOG_LEVEL", "INFO").upper()
+    if BEHAVRY_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"BEHAVRY_LOG_LEVEL={BEHAVRY_LOG_LEVEL!r} is not a log level")
+except ConfigError as exc:
+    # One line, no traceback: an operator fixing an env file needs the variable and the reason.
+    raise SystemExit(f"behavry: configuration error: {exc}") from None
+
+# Without an explicit key a development key is derived per checkout, so the embedded default works
+# out of the box but no two installs share a key. Production refuses to start without one (above).
+SECRET_KEY = _secret or f"behavry-dev-insecure-{BASE_DIR}"
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+INSTALLED_APPS = [
+    # daphne first so `runserver` serves ASGI (Channels) instead of Django's WSGI dev server.
+    "daphne",
+    "behavry.admin_site.BehavryAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "django_filters",
+    "django_htmx",
+    "accounts",
+    "agents",
+    "proxy",
+    "policies",
+    "escalations",
+    "alerts",
+    "audit",
+    "risk",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "behavry.urls"
+ASGI_APPLICATION = "behavry.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": _database.django}
+DATABASE_VENDOR = _database.vendor
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "behavry"},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "behavry",
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # A file cache, not LocMem: the web process and the Celery worker must see the same values
+    # (the worker's heartbeat for /readyz, cross-process freshness stamps).
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+    # kombu's filesystem transport: a broker that needs no server, shared by the web process and
+    # the worker through var/celery/. Good for one machine; production uses Redis.
+    _celery_dir = VAR_DIR / "celery"
+    for _sub in ("out", "processed"):
+        (_celery_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_celery_dir / "out"),
+        "data_folder_out": str(_celery_dir / "out"),
+        "processed_folder": str(_celery_dir / "processed"),
+        "store_processed": False,
+    }
+
+CELERY_TASK_ALWAYS_EAGER = env_bool("BEHAVRY_CELERY_EAGER", False)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_TIMEZONE = "UTC"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = _production
+CSRF_COOKIE_SECURE = _production
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
+    "DEFAULT_THROTTLE_RATES": {"api_key": BEHAVRY_API_THROTTLE},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"behavry": {"handlers": ["console"], "level": BEHAVRY_LOG_LEVEL, "propagate": False}},
+}

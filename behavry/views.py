@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.roles import role_of
+from behavry.actors import actor_for
+from behavry.tasks import HEARTBEAT_CACHE_KEY
+
+CELERY_HEARTBEAT_MAX_AGE = 120  # beat sends one every 30 s; four missed beats is "not ready"
+
+
+@never_cache
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process answers. Dependencies are /readyz's job."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Readiness: database, channel layer and a recent Celery heartbeat."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready, and we report which
+        checks["database"] = f"error: {type(exc).__name__}"
+    beat = cache.get(HEARTBEAT_CACHE_KEY)
+    checks["celery"] = "ok" if beat and time.time() - beat < CELERY_HEARTBEAT_MAX_AGE else "no recent heartbeat"
+    ok = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "overview.html", {"role": role_of(request.user)})
+
+
+class WhoAmIView(APIView):
+    """Who the API thinks you are; integrations use it to check a key."""
+
+    def get(self, request):
+        principal = request.auth if request.auth is not None else request.user
+        return Response({"actor": actor_for(principal).as_dict(), "role": role_of(principal)})

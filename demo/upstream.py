@@ -1,0 +1,156 @@
+"""Demo upstream: a real MCP server (official `mcp` SDK 2.x) that Behavry proxies in `make run` and tests.
+
+It keeps a small in-memory file store so read, write and destructive tools do something real
+without touching the disk. Tools cover the cases the proxy must handle:
+
+- read-only: `read_file`, `list_files`, `echo`
+- writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
+- slow with progress: `slow_task`; failing: `fail`
+
+    python -m demo.upstream --port 8765            # both eras (2026-07-28 and 2025-xx), like SDK servers
+    python -m demo.upstream --port 8765 --era legacy  # answers only the initialize handshake era
+
+`--era legacy` behaves like server-everything: a modern request is refused with a plain 400, so
+Behavry's era detection sees a legacy-only upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ToolAnnotations
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+SEED_FILES = {
+    "/docs/readme.md": "# Demo workspace\nThis is the demo upstream's in-memory file store.\n",
+    "/docs/roadmap.md": "Q1: ship the proxy. Q2: ship escalations.\n",
+    "/data/customers.csv": "id,name\n1,Ada\n2,Grace\n",
+}
+
+
+def build_server() -> MCPServer:
+    files: dict[str, str] = dict(SEED_FILES)
+    outbox: list[dict[str, str]] = []
+    server = MCPServer(name="behavry-demo-upstream", version="1.0.0", instructions="Demo tools behind Behavry.")
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def echo(message: str) -> str:
+        """Echo a message back."""
+        return f"Echo: {message}"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def read_file(path: str) -> str:
+        """Read a file from the demo workspace."""
+        if path not in files:
+            raise ToolError(f"No such file: {path}")
+        return files[path]
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def list_files(prefix: str = "/") -> list[str]:
+        """List files whose path starts with prefix."""
+        return sorted(p for p in files if p.startswith(prefix))
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=False))
+    def write_file(path: str, content: str) -> str:
+        """Create or overwrite a file in the demo workspace."""
+        files[path] = content
+        return f"Wrote {len(content)} characters to {path}"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=False))
+    def delete_file(path: str) -> str:
+        """Delete a file from the demo workspace."""
+        if files.pop(path, None) is None:
+            raise ToolError(f"No such file: {path}")
+        return f"Deleted {path}"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=True))
+    def send_email(to: str, subject: str, body: str) -> str:
+        """Send an email (kept in the demo outbox, never delivered)."""
+        outbox.append({"to": to, "subject": subject, "body": body})
+        return f"Queued email #{len(outbox)} to {to}"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    async def slow_task(ctx: Context, seconds: float = 1.0, steps: int = 4) -> str:
+        """Work for `seconds`, reporting progress `steps` times."""
+        steps = max(1, min(int(steps), 100))
+        for step in range(1, steps + 1):
+            await anyio.sleep(max(0.0, float(seconds)) / steps)
+            await ctx.report_progress(step, steps, f"step {step}/{steps}")
+        return f"Finished {steps} steps in {seconds}s"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def fail(message: str = "demo failure") -> str:
+        """Always fails, to exercise error paths."""
+        raise ToolError(message)
+
+    @server.resource("demo://readme", mime_type="text/markdown")
+    def readme() -> str:
+        """The demo workspace readme."""
+        return files.get("/docs/readme.md", "")
+
+    @server.prompt()
+    def summarize(path: str) -> str:
+        """Ask the model to summarize a file."""
+        return f"Summarize the file at {path}:\n\n{files.get(path, '(missing)')}"
+
+    server._behavry_state = {"files": files, "outbox": outbox}  # type: ignore[attr-defined]
+    return server
+
+
+class LegacyOnly:
+    """ASGI wrapper that refuses the modern era the way a 2025-era server does (plain 400)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            version = headers.get("mcp-protocol-version")
+            if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+                body = json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": -32000, "message": f"Bad Request: Unsupported protocol version: {version}"},
+                    }
+                ).encode()
+                await send(
+                    {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(era: str = "dual"):
+    server = build_server()
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*"],
+        allowed_origins=["http://127.0.0.1", "http://127.0.0.1:*", "http://localhost:*"],
+    )
+    app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security)
+    return LegacyOnly(app) if era == "legacy" else app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--era", choices=["dual", "legacy"], default="dual")
+    parser.add_argument("--log-level", default="warning")
+    ns = parser.parse_args()
+    uvicorn.run(build_app(ns.era), host=ns.host, port=ns.port, log_level=ns.log_level, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

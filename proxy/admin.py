@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+
+from behavry.admin_site import RoleAdmin
+from proxy.models import Tool, UpstreamServer
+from proxy.services import SERVER_EDITABLE_FIELDS, tool_update, upstream_server_create, upstream_server_update
+
+
+class UpstreamServerForm(forms.ModelForm):
+    auth_header_value = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Behavry's credential for this upstream. Leave empty to keep the current value.",
+    )
+
+    class Meta:
+        model = UpstreamServer
+        fields = [
+            "slug",
+            "name",
+            "url",
+            "auth_header_name",
+            "auth_header_value",
+            "enabled",
+            "connect_timeout",
+            "read_timeout",
+        ]
+
+
+@admin.register(UpstreamServer)
+class UpstreamServerAdmin(RoleAdmin):
+    form = UpstreamServerForm
+    list_display = ["slug", "name", "url", "enabled", "era", "protocol_version", "has_credentials", "updated_at"]
+    list_filter = ["enabled", "era"]
+    search_fields = ["slug", "name", "url"]
+    readonly_fields = ["era", "protocol_version", "created_at", "updated_at"]
+    actions = ["enable_servers", "disable_servers"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "slug"] if obj else self.readonly_fields
+
+    @admin.display(boolean=True, description="credentials")
+    def has_credentials(self, obj: UpstreamServer) -> bool:
+        return obj.has_credentials
+
+    def save_model(self, request, obj, form, change):
+        data = {k: form.cleaned_data[k] for k in SERVER_EDITABLE_FIELDS if k in form.cleaned_data}
+        if not data.get("auth_header_value"):
+            data.pop("auth_header_value", None)  # blank means "keep"
+        if change:
+            upstream_server_update(server=obj, by=self.actor(request), **data)
+        else:
+            created = upstream_server_create(slug=form.cleaned_data["slug"], by=self.actor(request), **data)
+            obj.pk = created.pk
+            obj._state.adding = False
+
+    @admin.action(description="Enable selected servers", permissions=["change"])
+    def enable_servers(self, request, queryset):
+        self.run_bulk(
+            request,
+            queryset,
+            lambda s: upstream_server_update(server=s, by=self.actor(request), enabled=True),
+            "Enabled",
+        )
+
+    @admin.action(description="Disable selected servers", permissions=["change"])
+    def disable_servers(self, request, queryset):
+        self.run_bulk(
+            request,
+            queryset,
+            lambda s: upstream_server_update(server=s, by=self.actor(request), enabled=False),
+            "Disabled",
+        )
+
+
+@admin.register(Tool)
+class ToolAdmin(RoleAdmin):
+    list_display = [
+        "name",
+        "server",
+        "action",
+        "default_action",
+        "action_override",
+        "resource_argument",
+        "last_seen_at",
+    ]
+    list_filter = ["server", "default_action", "action_override"]
+    list_select_related = ["server"]
+    search_fields = ["name", "description", "server__slug"]
+    fields = [
+        "server",
+        "name",
+        "title",
+        "description",
+        "default_action",
+        "action_override",
+        "resource_argument",
+        "annotations",
+        "input_schema",
+        "definition_hash",
+        "first_seen_at",
+        "last_seen_at",
+    ]
+    readonly_fields = [f for f in fields if f not in ("action_override", "resource_argument")]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # the catalog is filled from upstream tools/list
+
+    def save_model(self, request, obj, form, change):
+        tool_update(
+            tool=obj,
+            by=self.actor(request),
+            action_override=form.cleaned_data["action_override"],
+            resource_argument=form.cleaned_data["resource_argument"],
+        )

@@ -1,0 +1,117 @@
+"""State changes of upstream servers and the tool catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from behavry.actors import Actor
+from behavry.errors import InvalidInput
+from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument
+from proxy.models import Tool, ToolAction, UpstreamServer
+
+SERVER_EDITABLE_FIELDS = {
+    "name",
+    "url",
+    "auth_header_name",
+    "auth_header_value",
+    "enabled",
+    "connect_timeout",
+    "read_timeout",
+}
+
+
+def _validate_server(server: UpstreamServer) -> None:
+    from django.core.exceptions import ValidationError
+
+    try:
+        server.full_clean(exclude=["slug"] if server.pk else None, validate_unique=False)
+    except ValidationError as exc:
+        raise InvalidInput("Invalid upstream server.", fields=exc.message_dict) from None
+
+
+@transaction.atomic
+def upstream_server_create(*, slug: str, name: str, url: str, by: Actor, **fields: Any) -> UpstreamServer:
+    unknown = set(fields) - SERVER_EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"Unknown field(s) {', '.join(sorted(unknown))}.", fields={f: ["Unknown field."] for f in unknown}
+        )
+    server = UpstreamServer(slug=slug, name=name, url=url, **fields)
+    _validate_server(server)
+    try:
+        with transaction.atomic():
+            server.save()
+    except IntegrityError:
+        raise InvalidInput(f"A server with slug {slug!r} exists.", fields={"slug": ["Already taken."]}) from None
+    return server
+
+
+@transaction.atomic
+def upstream_server_update(*, server: UpstreamServer, by: Actor, **fields: Any) -> UpstreamServer:
+    unknown = set(fields) - SERVER_EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"Cannot change {', '.join(sorted(unknown))}.", fields={f: ["Not editable."] for f in unknown}
+        )
+    for key, value in fields.items():
+        setattr(server, key, value)
+    _validate_server(server)
+    server.save()
+    return server
+
+
+@transaction.atomic
+def tool_catalog_sync(*, server: UpstreamServer, definitions: list[dict[str, Any]]) -> list[Tool]:
+    """Record the tools an upstream listed. Returns the Tool rows, in the order given.
+
+    Admin-set fields (`action_override`, a customised `resource_argument`) survive a re-sync; the
+    derived fields are recomputed from the new definition.
+    """
+    now = timezone.now()
+    tools = []
+    for definition in definitions:
+        name = definition.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        annotations = definition.get("annotations") or {}
+        schema = definition.get("inputSchema") or {}
+        values = {
+            "title": (definition.get("title") or annotations.get("title") or "")[:200],
+            "description": definition.get("description") or "",
+            "input_schema": schema,
+            "annotations": annotations,
+            "default_action": tool_default_action(name, annotations),
+            "definition_hash": tool_definition_hash(definition),
+            "last_seen_at": now,
+        }
+        tool, created = Tool.objects.get_or_create(
+            server=server, name=name, defaults={**values, "resource_argument": tool_resource_argument(schema)}
+        )
+        if not created:
+            for key, value in values.items():
+                setattr(tool, key, value)
+            if not tool.resource_argument:
+                tool.resource_argument = tool_resource_argument(schema)
+            tool.save()
+        tools.append(tool)
+    return tools
+
+
+@transaction.atomic
+def tool_update(
+    *, tool: Tool, by: Actor, action_override: str | None = None, resource_argument: str | None = None
+) -> Tool:
+    """An admin's correction of how a tool is classified."""
+    if action_override is not None:
+        if action_override and action_override not in ToolAction.values:
+            raise InvalidInput(
+                "Unknown action.", fields={"action_override": [f"Choose one of: {', '.join(ToolAction.values)}."]}
+            )
+        tool.action_override = action_override
+    if resource_argument is not None:
+        tool.resource_argument = resource_argument.strip()
+    tool.save()
+    return tool

@@ -16,6 +16,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "behavry.settings")
 app = Celery("behavry")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Project-level tasks (the heartbeat) live outside the apps, so autodiscovery does not see them.
+app.conf.imports = ("behavry.tasks",)
 
 # Later issues add: risk recompute (60 s), escalation sweep (30 s), anomaly detection.
 app.conf.beat_schedule = {

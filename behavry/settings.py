@@ -180,6 +180,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
     "DEFAULT_THROTTLE_RATES": {"api_key": BEHAVRY_API_THROTTLE},
+    "EXCEPTION_HANDLER": "behavry.api.exception_handler",
 }
 
 LOGGING = {

@@ -9,6 +9,8 @@ from proxy.services import SERVER_EDITABLE_FIELDS, tool_update, upstream_server_
 
 
 class UpstreamServerForm(forms.ModelForm):
+    # Upstreams are often plain http on loopback; say so instead of Django's changing default.
+    url = forms.URLField(max_length=500, assume_scheme="http")
     auth_header_value = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),

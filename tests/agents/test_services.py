@@ -1,0 +1,105 @@
+import pytest
+
+from agents.models import AgentSession, AgentStatus, AgentToken
+from agents.selectors import agent_token_authenticate
+from agents.services import (
+    agent_create,
+    agent_reactivate,
+    agent_suspend,
+    agent_token_issue,
+    agent_token_revoke,
+    agent_update,
+    role_create,
+)
+from behavry.errors import Conflict, InvalidInput
+from behavry.tokens import AGENT_TOKEN_KIND, secret_digest
+from tests.conftest import TEST_ACTOR
+from tests.factories import AgentFactory, UpstreamServerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_creates_an_agent_with_roles():
+    role_create(name="readers", by=TEST_ACTOR)
+    agent = agent_create(name="bot", owner="team", roles=["readers"], max_hold_seconds=40, by=TEST_ACTOR)
+    assert agent.status == AgentStatus.ACTIVE
+    assert agent.risk_tier == "low"
+    assert [r.name for r in agent.roles.all()] == ["readers"]
+
+
+def test_it_refuses_unknown_roles_duplicate_names_and_bad_hold():
+    agent_create(name="bot", by=TEST_ACTOR)
+    with pytest.raises(InvalidInput) as exc:
+        agent_create(name="bot", by=TEST_ACTOR)
+    assert "name" in exc.value.fields
+    with pytest.raises(InvalidInput) as exc:
+        agent_create(name="other", roles=["ghosts"], by=TEST_ACTOR)
+    assert exc.value.fields == {"roles": ["Unknown: ghosts"]}
+    with pytest.raises(InvalidInput):
+        agent_create(name="third", max_hold_seconds=0, by=TEST_ACTOR)
+
+
+def test_it_updates_only_editable_fields():
+    agent = AgentFactory()
+    agent_update(agent=agent, owner="new-owner", by=TEST_ACTOR)
+    agent.refresh_from_db()
+    assert agent.owner == "new-owner"
+    with pytest.raises(InvalidInput):
+        agent_update(agent=agent, status="suspended", by=TEST_ACTOR)
+
+
+def test_it_suspends_and_ends_every_open_session_of_that_agent_only():
+    agent, bystander = AgentFactory(), AgentFactory()
+    server = UpstreamServerFactory()
+    AgentSession.objects.create(id="s1", agent=agent, server=server)
+    AgentSession.objects.create(id="s2", agent=agent, server=server)
+    AgentSession.objects.create(id="s3", agent=bystander, server=server)
+
+    agent_suspend(agent=agent, reason="runaway", by=TEST_ACTOR)
+
+    agent.refresh_from_db()
+    assert agent.status == AgentStatus.SUSPENDED
+    assert agent.suspended_reason == "runaway"
+    assert set(AgentSession.objects.filter(ended_at__isnull=False).values_list("id", flat=True)) == {"s1", "s2"}
+    assert AgentSession.objects.get(id="s3").is_open
+
+
+def test_it_refuses_a_second_suspend_and_reactivates():
+    agent = AgentFactory()
+    agent_suspend(agent=agent, by=TEST_ACTOR)
+    with pytest.raises(Conflict):
+        agent_suspend(agent=agent, by=TEST_ACTOR)
+    agent_reactivate(agent=agent, by=TEST_ACTOR)
+    agent.refresh_from_db()
+    assert agent.status == AgentStatus.ACTIVE and agent.suspended_at is None
+    with pytest.raises(Conflict):
+        agent_reactivate(agent=agent, by=TEST_ACTOR)
+
+
+def test_it_stores_only_a_digest_of_a_256_bit_token():
+    agent = AgentFactory()
+    token, raw = agent_token_issue(agent=agent, label="ci", by=TEST_ACTOR)
+    assert raw.startswith(AGENT_TOKEN_KIND)
+    assert len(raw) - len(AGENT_TOKEN_KIND) >= 43  # 32 random bytes, base64url
+    stored = AgentToken.objects.get(pk=token.pk)
+    assert stored.token_hash == secret_digest(raw)
+    assert raw not in {str(v) for v in AgentToken.objects.values().get(pk=token.pk).values()}
+    assert raw.startswith(stored.prefix)
+
+
+def test_it_authenticates_a_token_until_revoked():
+    agent = AgentFactory()
+    token, raw = agent_token_issue(agent=agent, by=TEST_ACTOR)
+    found = agent_token_authenticate(raw)
+    assert found.pk == token.pk and found.agent == agent
+    assert found.last_used_at is not None
+    agent_token_revoke(token=token, by=TEST_ACTOR)
+    assert agent_token_authenticate(raw) is None
+    with pytest.raises(Conflict):
+        agent_token_revoke(token=token, by=TEST_ACTOR)
+
+
+def test_it_does_not_authenticate_garbage_or_api_keys():
+    assert agent_token_authenticate("") is None
+    assert agent_token_authenticate("bhv_agent_not-a-real-token") is None
+    assert agent_token_authenticate("bhv_key_whatever") is None

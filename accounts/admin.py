@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.utils import timezone
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_revoke
-from behavry.admin_site import RoleAdmin
+from behavry.admin_site import SecretIssuingAdmin, adopt
 
 
 class ApiKeyAddForm(forms.ModelForm):
@@ -13,31 +14,27 @@ class ApiKeyAddForm(forms.ModelForm):
         model = ApiKey
         fields = ["name", "role", "expires_at"]
 
+    def clean_expires_at(self):
+        # Same rule as api_key_create, checked here so the form shows it instead of a 500.
+        value = self.cleaned_data.get("expires_at")
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError("Must be in the future.")
+        return value
+
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(RoleAdmin):
+class ApiKeyAdmin(SecretIssuingAdmin):
+    add_form = ApiKeyAddForm
     list_display = ["name", "prefix", "role", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at"]
     list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "created_by"]
     readonly_fields = ["name", "role", "prefix", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at"]
     actions = ["revoke_keys"]
 
-    def get_form(self, request, obj=None, **kwargs):
-        if obj is None:
-            kwargs["form"] = ApiKeyAddForm
-        return super().get_form(request, obj, **kwargs)
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else []
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request, obj)
-
     def save_model(self, request, obj, form, change):
         key, raw = api_key_create(name=obj.name, role=obj.role, expires_at=obj.expires_at, by=self.actor(request))
-        obj.pk = key.pk
-        obj._state.adding = False
-        messages.warning(request, f"New API key {key.name}: {raw} - copy it now, it is not shown again.")
+        adopt(obj, key)
+        self.show_secret_once(request, f"New API key {key.name}", raw)
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request, queryset):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 
 from agents.models import Agent, AgentSession, AgentToken, Role
 from agents.services import (
@@ -13,7 +13,7 @@ from agents.services import (
     agent_update,
     role_create,
 )
-from behavry.admin_site import RoleAdmin
+from behavry.admin_site import RoleAdmin, RoleInline, SecretIssuingAdmin, adopt
 
 
 @admin.register(Role)
@@ -30,21 +30,17 @@ class RoleModelAdmin(RoleAdmin):
         if change:
             obj.save()  # name/description only; nothing else depends on a role row's fields
         else:
-            created = role_create(name=obj.name, description=obj.description, by=self.actor(request))
-            obj.pk = created.pk
-            obj._state.adding = False
+            adopt(obj, role_create(name=obj.name, description=obj.description, by=self.actor(request)))
 
 
-class AgentTokenInline(admin.TabularInline):
+class AgentTokenInline(RoleInline, admin.TabularInline):
+    """Tokens are issued from the token admin, which shows the secret once; here they are listed."""
+
     model = AgentToken
     extra = 0
     fields = ["prefix", "label", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = fields
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False  # tokens are issued from the token admin, which shows the secret once
 
 
 @admin.register(Agent)
@@ -87,9 +83,7 @@ class AgentAdmin(RoleAdmin):
         if change:
             agent_update(agent=obj, by=self.actor(request), roles=roles, **fields)
         else:
-            created = agent_create(by=self.actor(request), roles=roles, **fields)
-            obj.pk = created.pk
-            obj._state.adding = False
+            adopt(obj, agent_create(by=self.actor(request), roles=roles, **fields))
 
     def save_related(self, request, form, formsets, change):
         # Roles were set by the service in save_model; only inlines remain.
@@ -132,7 +126,8 @@ class RevokedFilter(admin.SimpleListFilter):
 
 
 @admin.register(AgentToken)
-class AgentTokenAdmin(RoleAdmin):
+class AgentTokenAdmin(SecretIssuingAdmin):
+    add_form = AgentTokenAddForm
     list_display = ["prefix", "agent", "label", "created_at", "last_used_at", "revoked_at"]
     list_filter = [RevokedFilter]
     list_select_related = ["agent"]
@@ -140,23 +135,10 @@ class AgentTokenAdmin(RoleAdmin):
     readonly_fields = ["agent", "label", "prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_tokens"]
 
-    def get_form(self, request, obj=None, **kwargs):
-        if obj is None:
-            kwargs["form"] = AgentTokenAddForm
-        return super().get_form(request, obj, **kwargs)
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else []
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        # Nothing on a token is editable; revocation is an action. Viewing still works.
-        return obj is None and super().has_change_permission(request, obj)
-
     def save_model(self, request, obj, form, change):
         token, raw = agent_token_issue(agent=obj.agent, label=obj.label, by=self.actor(request))
-        obj.pk = token.pk
-        obj._state.adding = False
-        messages.warning(request, f"New token for {token.agent.name}: {raw} - copy it now, it is not shown again.")
+        adopt(obj, token)
+        self.show_secret_once(request, f"New token for {token.agent.name}", raw)
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_tokens(self, request, queryset):

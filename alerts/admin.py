@@ -5,18 +5,14 @@ from django.contrib import admin
 from accounts.roles import PersonRole
 from alerts.models import Alert, AlertNote
 from alerts.services import alert_acknowledge, alert_resolve
-from behavry.admin_site import RoleAdmin
+from behavry.admin_site import RoleAdmin, RoleInline
 
 
-class AlertNoteInline(admin.TabularInline):
+class AlertNoteInline(RoleInline, admin.TabularInline):
     model = AlertNote
     extra = 0
     fields = ["created_at", "author", "action", "text"]
     readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Alert)

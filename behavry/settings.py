@@ -34,7 +34,6 @@ try:
     BEHAVRY_DEMO_UPSTREAM_PORT = env_int("BEHAVRY_DEMO_UPSTREAM_PORT", 8765, minimum=1, maximum=65535)
     _database = parse_database_url(env_str("DATABASE_URL", ""), sqlite_default=VAR_DIR / "behavry.sqlite3")
     REDIS_URL = check_redis_url("REDIS_URL", env_str("REDIS_URL", ""))
-    BEHAVRY_API_THROTTLE = env_str("BEHAVRY_API_THROTTLE", "600/min")
     BEHAVRY_AUDIT_RETENTION_DAYS = env_int("BEHAVRY_AUDIT_RETENTION_DAYS", 365, minimum=1)
     BEHAVRY_LOG_LEVEL = env_str("BEHAVRY_LOG_LEVEL", "INFO").upper()
     if BEHAVRY_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -179,7 +178,6 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
-    "DEFAULT_THROTTLE_RATES": {"api_key": BEHAVRY_API_THROTTLE},
     "EXCEPTION_HANDLER": "behavry.api.exception_handler",
 }
 

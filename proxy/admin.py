@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
-from behavry.admin_site import RoleAdmin
+from behavry.admin_site import RoleAdmin, adopt
 from proxy.models import Tool, UpstreamServer
 from proxy.services import SERVER_EDITABLE_FIELDS, tool_update, upstream_server_create, upstream_server_update
 
@@ -30,6 +30,13 @@ class UpstreamServerForm(forms.ModelForm):
             "read_timeout",
         ]
 
+    def clean_auth_header_value(self):
+        # A password input never shows the stored value, so blank on an edit means "keep it".
+        value = self.cleaned_data.get("auth_header_value") or ""
+        if not value and self.instance.pk:
+            return UpstreamServer.objects.values_list("auth_header_value", flat=True).get(pk=self.instance.pk)
+        return value
+
 
 @admin.register(UpstreamServer)
 class UpstreamServerAdmin(RoleAdmin):
@@ -43,20 +50,23 @@ class UpstreamServerAdmin(RoleAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, "slug"] if obj else self.readonly_fields
 
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if self.has_change_permission(request, obj):
+            return fields
+        # Read-only pages render every field as text; the upstream credential must never be one.
+        return [f for f in fields if f != "auth_header_value"]
+
     @admin.display(boolean=True, description="credentials")
     def has_credentials(self, obj: UpstreamServer) -> bool:
         return obj.has_credentials
 
     def save_model(self, request, obj, form, change):
         data = {k: form.cleaned_data[k] for k in SERVER_EDITABLE_FIELDS if k in form.cleaned_data}
-        if not data.get("auth_header_value"):
-            data.pop("auth_header_value", None)  # blank means "keep"
         if change:
             upstream_server_update(server=obj, by=self.actor(request), **data)
         else:
-            created = upstream_server_create(slug=form.cleaned_data["slug"], by=self.actor(request), **data)
-            obj.pk = created.pk
-            obj._state.adding = False
+            adopt(obj, upstream_server_create(slug=form.cleaned_data["slug"], by=self.actor(request), **data))
 
     @admin.action(description="Enable selected servers", permissions=["change"])
     def enable_servers(self, request, queryset):

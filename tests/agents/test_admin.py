@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
@@ -18,12 +19,6 @@ ROLES_URL = reverse("admin:agents_role_changelist")
 SESSIONS_URL = reverse("admin:agents_agentsession_changelist")
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The personas are created with a password; the production hasher makes each one cost ~0.6 s.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def _login(client, request, persona: str):
@@ -389,7 +384,8 @@ def test_it_shows_a_new_tokens_secret_once_and_stores_only_its_digest(client, ad
 
     response = client.post(reverse("admin:agents_agenttoken_add"), {"agent": agent.pk, "label": "laptop"}, follow=True)
 
-    shown = [m for m in _messages(response) if AGENT_TOKEN_KIND in m]
+    # the success message names the prefix; the secret itself appears in exactly one message
+    shown = [m for m in _messages(response) if "not shown again" in m]
     assert len(shown) == 1
     raw = next(word for word in shown[0].split() if word.startswith(AGENT_TOKEN_KIND))
     token = AgentToken.objects.get()
@@ -397,6 +393,14 @@ def test_it_shows_a_new_tokens_secret_once_and_stores_only_its_digest(client, ad
     assert token.token_hash == secret_digest(raw)
     assert raw.startswith(token.prefix)
     assert raw not in client.get(TOKENS_URL).text
+
+
+def test_it_names_a_new_token_by_its_prefix_in_the_admin_history(client, admin_user):
+    client.force_login(admin_user)
+
+    client.post(reverse("admin:agents_agenttoken_add"), {"agent": AgentFactory().pk, "label": "laptop"})
+
+    assert LogEntry.objects.get().object_repr == str(AgentToken.objects.get())
 
 
 def test_it_shows_a_token_read_only_even_to_an_admin(client, admin_user):
@@ -413,10 +417,6 @@ def test_it_shows_a_token_read_only_even_to_an_admin(client, admin_user):
     assert token.label == "laptop"
 
 
-@pytest.mark.xfail(
-    reason="AgentTokenInline keeps Django's per-model permissions; role-only users have none, so it is hidden",
-    strict=True,
-)
 def test_it_lists_an_agents_tokens_on_its_change_page(client, admin_user):
     agent = AgentFactory()
     token, _ = agent_token_issue(agent=agent, label="laptop", by=SYSTEM)

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from accounts.roles import PersonRole
+from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import Conflict, InvalidInput
 from behavry.tokens import API_KEY_KIND, secret_generate
@@ -34,6 +35,12 @@ def api_key_create(*, name: str, role: str, by: Actor, expires_at: datetime | No
         created_by=by.label,
         expires_at=expires_at,
     )
+    audit_admin(
+        by=by,
+        operation="api_key.create",
+        target=f"api_key:{key.pk}",
+        details={"name": name, "role": role, "prefix": key.prefix, "expires_at": expires_at},
+    )
     return key, secret.raw
 
 
@@ -43,6 +50,7 @@ def api_key_revoke(*, key: ApiKey, by: Actor) -> ApiKey:
     if not updated:
         raise Conflict(f"API key {key.prefix}… is already revoked.")
     key.refresh_from_db()
+    audit_admin(by=by, operation="api_key.revoke", target=f"api_key:{key.pk}", details={"prefix": key.prefix})
     return key
 
 

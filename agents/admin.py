@@ -12,6 +12,7 @@ from agents.services import (
     agent_token_revoke,
     agent_update,
     role_create,
+    role_update,
 )
 from behavry.admin_site import RoleAdmin, RoleInline, SecretIssuingAdmin, adopt
 
@@ -28,7 +29,7 @@ class RoleModelAdmin(RoleAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save()  # name/description only; nothing else depends on a role row's fields
+            role_update(role=obj, name=obj.name, description=obj.description, by=self.actor(request))
         else:
             adopt(obj, role_create(name=obj.name, description=obj.description, by=self.actor(request)))
 

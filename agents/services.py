@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent, AgentSession, AgentStatus, AgentToken, Role
+from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import Conflict, InvalidInput
 from behavry.tokens import AGENT_TOKEN_KIND, secret_generate
@@ -20,7 +21,23 @@ def role_create(*, name: str, description: str = "", by: Actor) -> Role:
     name = (name or "").strip()
     if not name:
         raise InvalidInput("A role needs a name.", fields={"name": ["This field is required."]})
-    role, _ = Role.objects.get_or_create(name=name, defaults={"description": description})
+    role, created = Role.objects.get_or_create(name=name, defaults={"description": description})
+    if created:
+        audit_admin(by=by, operation="role.create", target=f"role:{role.name}")
+    return role
+
+
+@transaction.atomic
+def role_update(*, role: Role, by: Actor, name: str | None = None, description: str | None = None) -> Role:
+    if name is not None:
+        name = name.strip()
+        if not name or Role.objects.filter(name=name).exclude(pk=role.pk).exists():
+            raise InvalidInput("Role names must be unique and non-empty.", fields={"name": ["Invalid or taken."]})
+        role.name = name
+    if description is not None:
+        role.description = description
+    role.save()
+    audit_admin(by=by, operation="role.update", target=f"role:{role.name}", details={"description": role.description})
     return role
 
 
@@ -66,6 +83,13 @@ def agent_create(
     except IntegrityError:
         raise InvalidInput(f"An agent named {name!r} already exists.", fields={"name": ["Already taken."]}) from None
     agent.roles.set(role_objs)
+    audit_admin(
+        by=by,
+        operation="agent.create",
+        agent=agent,
+        target=f"agent:{agent.pk}",
+        details={"owner": owner, "roles": [r.name for r in role_objs], "max_hold_seconds": max_hold_seconds},
+    )
     return agent
 
 
@@ -90,8 +114,12 @@ def agent_update(*, agent: Agent, by: Actor, roles: Iterable[str] | None = None,
     for key, value in fields.items():
         setattr(agent, key, value)
     agent.save()
+    changes = dict(fields)
     if roles is not None:
-        agent.roles.set(_roles_by_name(roles))
+        role_objs = _roles_by_name(roles)
+        agent.roles.set(role_objs)
+        changes["roles"] = [r.name for r in role_objs]
+    audit_admin(by=by, operation="agent.update", agent=agent, target=f"agent:{agent.pk}", details=changes)
     return agent
 
 
@@ -110,8 +138,18 @@ def agent_suspend(*, agent: Agent, by: Actor, reason: str = "") -> Agent:
     )
     if not changed:
         raise Conflict(f"Agent {agent.name!r} is already suspended.")
-    AgentSession.objects.filter(agent=agent, ended_at__isnull=True).update(ended_at=now, end_reason="agent suspended")
+    ended = AgentSession.objects.filter(agent=agent, ended_at__isnull=True).update(
+        ended_at=now, end_reason="agent suspended"
+    )
     agent.refresh_from_db()
+    audit_admin(
+        by=by,
+        operation="agent.suspend",
+        agent=agent,
+        target=f"agent:{agent.pk}",
+        reason=reason,
+        details={"sessions_ended": ended},
+    )
     return agent
 
 
@@ -124,6 +162,7 @@ def agent_reactivate(*, agent: Agent, by: Actor) -> Agent:
     if not changed:
         raise Conflict(f"Agent {agent.name!r} is not suspended.")
     agent.refresh_from_db()
+    audit_admin(by=by, operation="agent.reactivate", agent=agent, target=f"agent:{agent.pk}")
     return agent
 
 
@@ -134,6 +173,13 @@ def agent_token_issue(*, agent: Agent, by: Actor, label: str = "") -> tuple[Agen
     token = AgentToken.objects.create(
         agent=agent, label=(label or "").strip()[:100], prefix=secret.prefix, token_hash=secret.digest
     )
+    audit_admin(
+        by=by,
+        operation="agent_token.issue",
+        agent=agent,
+        target=f"agent_token:{token.pk}",
+        details={"prefix": token.prefix, "label": token.label},
+    )
     return token, secret.raw
 
 
@@ -143,4 +189,11 @@ def agent_token_revoke(*, token: AgentToken, by: Actor) -> AgentToken:
     if not changed:
         raise Conflict(f"Token {token.prefix}… is already revoked.")
     token.refresh_from_db()
+    audit_admin(
+        by=by,
+        operation="agent_token.revoke",
+        agent=token.agent,
+        target=f"agent_token:{token.pk}",
+        details={"prefix": token.prefix},
+    )
     return token

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from alerts.models import Alert, AlertNote, AlertSeverity, AlertStatus, AlertType
+from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import Conflict, InvalidInput
 
@@ -75,6 +76,7 @@ def alert_acknowledge(*, alert: Alert, by: Actor, note: str = "") -> Alert:
     if note.strip():
         AlertNote.objects.create(alert=alert, author=by.label, action="acknowledge", text=note.strip())
     alert.refresh_from_db()
+    audit_admin(by=by, operation="alert.acknowledge", agent=alert.agent, target=f"alert:{alert.pk}", reason=note)
     return alert
 
 
@@ -91,4 +93,12 @@ def alert_resolve(*, alert: Alert, by: Actor, note: str = "", false_positive: bo
     if note.strip():
         AlertNote.objects.create(alert=alert, author=by.label, action="resolve", text=note.strip())
     alert.refresh_from_db()
+    audit_admin(
+        by=by,
+        operation="alert.resolve",
+        agent=alert.agent,
+        target=f"alert:{alert.pk}",
+        reason=note,
+        details={"false_positive": false_positive},
+    )
     return alert

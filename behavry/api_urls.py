@@ -1,11 +1,17 @@
 """REST API routes under /api/v1/. Each feature issue adds its routers here."""
 
 from django.urls import path
+from rest_framework.routers import SimpleRouter
 
+from audit.api import AuditEventViewSet
 from behavry import views
+
+router = SimpleRouter()
+router.register("audit-events", AuditEventViewSet, basename="audit-event")
 
 app_name = "api"
 
 urlpatterns = [
     path("whoami/", views.WhoAmIView.as_view(), name="whoami"),
+    *router.urls,
 ]

@@ -179,6 +179,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
     "EXCEPTION_HANDLER": "behavry.api.exception_handler",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    # `?format=` selects an export format on the audit list, not a DRF renderer.
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 LOGGING = {

@@ -7,6 +7,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import InvalidInput
 from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument
@@ -21,6 +22,11 @@ SERVER_EDITABLE_FIELDS = {
     "connect_timeout",
     "read_timeout",
 }
+
+
+def _describe(fields: dict[str, Any]) -> dict[str, Any]:
+    """Server changes for the audit trail: the upstream credential is named, never recorded."""
+    return {k: ("(changed)" if k == "auth_header_value" else v) for k, v in fields.items()}
 
 
 def _validate_server(server: UpstreamServer) -> None:
@@ -46,6 +52,12 @@ def upstream_server_create(*, slug: str, name: str, url: str, by: Actor, **field
             server.save()
     except IntegrityError:
         raise InvalidInput(f"A server with slug {slug!r} exists.", fields={"slug": ["Already taken."]}) from None
+    audit_admin(
+        by=by,
+        operation="server.create",
+        target=f"server:{slug}",
+        details=_describe({"name": name, "url": url, **fields}),
+    )
     return server
 
 
@@ -56,10 +68,14 @@ def upstream_server_update(*, server: UpstreamServer, by: Actor, **fields: Any) 
         raise InvalidInput(
             f"Cannot change {', '.join(sorted(unknown))}.", fields={f: ["Not editable."] for f in unknown}
         )
+    before = {key: getattr(server, key) for key in fields}
     for key, value in fields.items():
         setattr(server, key, value)
     _validate_server(server)
     server.save()
+    changed = {k: v for k, v in fields.items() if before[k] != v}
+    if changed:
+        audit_admin(by=by, operation="server.update", target=f"server:{server.slug}", details=_describe(changed))
     return server
 
 
@@ -114,4 +130,10 @@ def tool_update(
     if resource_argument is not None:
         tool.resource_argument = resource_argument.strip()
     tool.save()
+    audit_admin(
+        by=by,
+        operation="tool.update",
+        target=f"tool:{tool.server.slug}/{tool.name}",
+        details={"action_override": tool.action_override, "resource_argument": tool.resource_argument},
+    )
     return tool

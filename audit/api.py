@@ -1,0 +1,177 @@
+"""REST API for the audit trail: list with filters, streamed CSV/JSONL export, verification."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+
+import django_filters
+from django.http import StreamingHttpResponse
+from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from audit.models import AuditEvent, AuditKind
+from audit.selectors import audit_event_batches_async
+from audit.verify import audit_verify
+
+EXPORT_COLUMNS = (
+    "id",
+    "chain",
+    "seq",
+    "timestamp",
+    "kind",
+    "agent_id",
+    "agent_name",
+    "session",
+    "server",
+    "tool",
+    "action",
+    "resource",
+    "decision",
+    "policy_id",
+    "reason",
+    "request_id",
+    "actor",
+    "latency_ms",
+    "arguments",
+    "trace",
+    "dlp_findings",
+    "details",
+    "previous_hash",
+    "event_hash",
+)
+JSON_COLUMNS = {"arguments", "trace", "dlp_findings", "details"}
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    agent = serializers.IntegerField(source="agent_id", allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "timestamp",
+            "kind",
+            "agent",
+            "agent_name",
+            "session",
+            "server",
+            "tool",
+            "action",
+            "resource",
+            "decision",
+            "policy_id",
+            "reason",
+            "request_id",
+            "actor",
+            "latency_ms",
+            "arguments",
+            "trace",
+            "dlp_findings",
+            "details",
+            "chain",
+            "seq",
+            "previous_hash",
+            "event_hash",
+        ]
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    agent = django_filters.CharFilter(method="filter_agent", help_text="Agent id or exact name.")
+    since = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lt")
+    kind = django_filters.ChoiceFilter(choices=AuditKind.choices)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["agent", "since", "until", "kind", "decision", "policy_id", "tool", "server", "action", "request_id"]
+
+    def filter_agent(self, queryset, name, value):
+        value = value.strip()
+        if value.isdigit():
+            return queryset.filter(agent_id=int(value))
+        return queryset.filter(agent_name=value)
+
+
+class AuditCursorPagination(CursorPagination):
+    # Cursor, not offset: the table grows without bound and OFFSET N gets slower with N.
+    ordering = "-id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+async def _csv_lines(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    yield buffer.getvalue()
+    async for batch in batches:
+        buffer.seek(0)
+        buffer.truncate()
+        for row in batch:
+            writer.writerow(
+                [
+                    json.dumps(row[c], ensure_ascii=False, sort_keys=True)
+                    if c in JSON_COLUMNS
+                    else (row[c].isoformat() if c == "timestamp" else ("" if row[c] is None else row[c]))
+                    for c in EXPORT_COLUMNS
+                ]
+            )
+        yield buffer.getvalue()
+
+
+async def _jsonl_lines(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]:
+    async for batch in batches:
+        yield "".join(
+            json.dumps({**row, "timestamp": row["timestamp"].isoformat()}, ensure_ascii=False, sort_keys=True) + "\n"
+            for row in batch
+        )
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """Audit events, newest first. `?format=csv|jsonl` streams the filtered set as a file."""
+
+    queryset = AuditEvent.objects.all()
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    pagination_class = AuditCursorPagination
+
+    def list(self, request, *args, **kwargs):
+        export = request.query_params.get("format")
+        if export is None:
+            return super().list(request, *args, **kwargs)
+        if export not in ("csv", "jsonl"):
+            raise ValidationError({"format": ["Choose csv or jsonl."]})
+        queryset = self.filter_queryset(self.get_queryset())
+        batches = audit_event_batches_async(queryset, EXPORT_COLUMNS)
+        if export == "csv":
+            body, content_type = _csv_lines(batches), "text/csv; charset=utf-8"
+        else:
+            body, content_type = _jsonl_lines(batches), "application/x-ndjson; charset=utf-8"
+        response = StreamingHttpResponse(body, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="behavry-audit.{export}"'
+        return response
+
+    @action(detail=False, methods=["get"])
+    def verify(self, request):
+        agent = request.query_params.get("agent")
+        errors = {}
+        if agent is not None and not agent.isdigit():
+            errors["agent"] = ["Must be an agent id."]
+        since = None
+        if "since" in request.query_params:
+            field = serializers.DateTimeField()
+            try:
+                since = field.to_internal_value(request.query_params["since"])
+            except serializers.ValidationError as exc:
+                errors["since"] = [str(m) for m in exc.detail]
+        if errors:
+            raise ValidationError(errors)
+        result = audit_verify(agent_id=int(agent) if agent else None, since=since)
+        return Response(result.as_dict())

@@ -1,0 +1,115 @@
+"""Hashing and signing for the audit chains.
+
+Chain scope: one chain per agent (`agent:<id>`) plus one `admin` chain. Appends to a chain are
+serialised by locking its `AuditChainHead` row, so proxy processes that serve different agents
+append in parallel and never fork a chain; one global chain would make every tool call in the
+deployment queue behind one lock. An agent's own calls are already ordered by its requests, so
+a per-agent order is the order that matters when reading its history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+from audit.models import GENESIS_HASH  # noqa: F401  (re-exported for callers)
+
+ADMIN_CHAIN = "admin"
+
+# The columns covered by event_hash, in no particular order (canonical JSON sorts keys).
+HASHED_FIELDS = (
+    "chain",
+    "seq",
+    "timestamp",
+    "kind",
+    "agent_id",
+    "agent_name",
+    "session",
+    "server",
+    "tool",
+    "action",
+    "resource",
+    "decision",
+    "policy_id",
+    "reason",
+    "request_id",
+    "actor",
+    "latency_ms",
+    "arguments",
+    "trace",
+    "dlp_findings",
+    "details",
+)
+
+
+def agent_chain(agent_id: int) -> str:
+    return f"agent:{agent_id}"
+
+
+def _normalise(value: Any) -> Any:
+    """Make a value hash the same before storage and after a database round trip.
+
+    PostgreSQL jsonb turns 1e20 into 100000000000000000000 and 1.0 may come back as 1.0 or 1, so
+    integral floats hash as integers. NaN and infinities have no JSON form and are refused.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("audit fields cannot hold NaN or infinity")
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    if isinstance(value, datetime):
+        return timestamp_text(value)
+    return value
+
+
+def timestamp_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_hash(fields: dict[str, Any], previous_hash: str) -> str:
+    return hashlib.sha256((canonical_json(fields) + previous_hash).encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _signing_key(secret: str) -> bytes:
+    return hashlib.sha256(b"behavry-audit-signing-v1:" + secret.encode()).digest()
+
+
+def sign(*parts: Any) -> str:
+    message = "|".join(str(p) for p in parts).encode()
+    return hmac.new(_signing_key(settings.SECRET_KEY), message, hashlib.sha256).hexdigest()
+
+
+def head_signature(chain: str, seq: int, last_hash: str) -> str:
+    return sign("head", chain, seq, last_hash)
+
+
+def checkpoint_signature(chain: str, up_to_seq: int, up_to_hash: str) -> str:
+    return sign("checkpoint", chain, up_to_seq, up_to_hash)
+
+
+def head_signature_ok(signature: str, chain: str, seq: int, last_hash: str) -> bool:
+    return hmac.compare_digest(signature, head_signature(chain, seq, last_hash))
+
+
+def checkpoint_signature_ok(signature: str, chain: str, up_to_seq: int, up_to_hash: str) -> bool:
+    return hmac.compare_digest(signature, checkpoint_signature(chain, up_to_seq, up_to_hash))
+
+
+def finding_hash(value: str) -> str:
+    """Salted hash of a DLP match, so the same secret can be recognised without being stored."""
+    return sign("dlp", value)[:32]

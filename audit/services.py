@@ -1,0 +1,203 @@
+"""Writing the audit trail. `audit_record` is the only function that creates AuditEvent rows.
+
+If it cannot record, it raises `AuditWriteError`; callers on the tool-call path then deny, and
+admin services let the error roll back the change it would have described ("if it cannot be
+recorded, it does not happen").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from audit.chain import (
+    ADMIN_CHAIN,
+    agent_chain,
+    canonical_json,
+    checkpoint_signature,
+    event_hash,
+    finding_hash,
+    head_signature,
+)
+from audit.db import retention_delete_window
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditKind
+from audit.redaction import clean_text, redact_arguments
+from behavry.actors import SYSTEM, Actor
+
+logger = logging.getLogger("behavry.audit")
+
+
+class AuditWriteError(RuntimeError):
+    """The event could not be recorded; whatever it describes must not go ahead."""
+
+
+def _lock_head(chain: str) -> AuditChainHead:
+    """Lock (creating on first use) the head row of `chain` for this transaction."""
+    head = AuditChainHead.objects.select_for_update().filter(chain=chain).first()
+    if head is not None:
+        return head
+    try:
+        with transaction.atomic():
+            AuditChainHead.objects.create(chain=chain)
+    except IntegrityError:
+        pass  # a concurrent first append created it; lock theirs
+    return AuditChainHead.objects.select_for_update().get(chain=chain)
+
+
+def _text(value: Any, limit: int) -> str:
+    return clean_text(str(value or ""))[:limit]
+
+
+def audit_record(
+    *,
+    kind: str,
+    actor: Actor,
+    agent: Any = None,
+    session: str = "",
+    server: str = "",
+    tool: str = "",
+    action: str = "",
+    resource: str = "",
+    decision: str = "",
+    policy_id: str = "",
+    reason: str = "",
+    request_id: str = "",
+    latency_ms: float | None = None,
+    arguments: Any = None,
+    dlp_findings: Iterable[dict[str, Any]] = (),
+    trace: list[Any] | None = None,
+    details: dict[str, Any] | None = None,
+    durable: bool = False,
+) -> AuditEvent:
+    """Append one event to its chain and return it, committed.
+
+    1. Redact arguments and hash DLP matches (raw values never reach the table).
+    2. In one transaction: lock the chain head, number the event head.seq + 1, hash it onto
+       head.last_hash, insert it, move and re-sign the head.
+    3. With `durable=True` (the tool-call path) this must be the outermost transaction, so the
+       event is committed when the function returns. Called inside a service's transaction it
+       commits together with the change it records, or not at all.
+    `agent` is an Agent or anything with `pk` and `name`. Decision and outcome events need one
+    and go on that agent's chain; admin events go on the admin chain.
+    """
+    if kind not in AuditKind.values:
+        raise AuditWriteError(f"unknown audit kind {kind!r}")
+    if kind != AuditKind.ADMIN and agent is None:
+        raise AuditWriteError(f"{kind} events need an agent")
+    findings = list(dlp_findings or ())
+    try:
+        stored_findings = [
+            {k: v for k, v in f.items() if k != "value"} | {"hash": finding_hash(str(f.get("value", "")))}
+            for f in findings
+        ]
+        fields: dict[str, Any] = {
+            "chain": ADMIN_CHAIN if kind == AuditKind.ADMIN else agent_chain(agent.pk),
+            "kind": kind,
+            "agent_id": agent.pk if agent is not None else None,
+            "agent_name": _text(getattr(agent, "name", ""), 100),
+            "session": _text(session, 64),
+            "server": _text(server, 64),
+            "tool": _text(tool, 200),
+            "action": _text(action, 64),
+            "resource": _text(resource, 1000),
+            "decision": _text(decision, 16),
+            "policy_id": _text(policy_id, 200),
+            "reason": _text(reason, 10_000),
+            "request_id": _text(request_id, 100),
+            "actor": _text(actor.label, 300),
+            "latency_ms": float(latency_ms) if latency_ms is not None else None,
+            "arguments": redact_arguments(arguments if arguments is not None else {}, findings),
+            "trace": redact_arguments(trace or [], findings),
+            "dlp_findings": stored_findings,
+            "details": redact_arguments(details or {}, findings),
+        }
+        canonical_json(fields)  # refuse unserialisable values before taking the lock
+    except (TypeError, ValueError) as exc:
+        raise AuditWriteError(f"audit event is not serialisable: {exc}") from exc
+
+    try:
+        with transaction.atomic(durable=durable):
+            head = _lock_head(fields["chain"])
+            fields["seq"] = head.seq + 1
+            fields["timestamp"] = timezone.now()
+            digest = event_hash(fields, head.last_hash)
+            event = AuditEvent(**fields, previous_hash=head.last_hash, event_hash=digest)
+            event.save(force_insert=True)
+            AuditChainHead.objects.filter(chain=head.chain).update(
+                seq=event.seq,
+                last_hash=digest,
+                signature=head_signature(head.chain, event.seq, digest),
+                updated_at=fields["timestamp"],
+            )
+    except DatabaseError as exc:
+        logger.error("audit write failed: %s", exc)
+        raise AuditWriteError(f"audit write failed: {exc}") from exc
+    return event
+
+
+def audit_admin(
+    *, by: Actor, operation: str, agent: Any = None, target: str = "", reason: str = "", details: dict | None = None
+) -> AuditEvent:
+    """Record an admin action (approve, suspend, policy edit, …) on the admin chain."""
+    return audit_record(
+        kind=AuditKind.ADMIN,
+        actor=by,
+        agent=agent,
+        action=operation,
+        resource=target,
+        reason=reason,
+        details=details,
+    )
+
+
+def audit_truncate(*, before: datetime, by: Actor = SYSTEM) -> dict[str, int]:
+    """Delete whole ranges of events older than `before`, leaving a signed checkpoint per chain.
+
+    The only path allowed to delete audit rows. For each chain:
+    1. Lock its head, so no append interleaves.
+    2. Find the newest event older than `before` (#K); delete #1..#K with the trigger's
+       retention window open.
+    3. Insert a checkpoint "truncated up to #K, whose hash was H", signed, so verification of the
+       remaining chain starts from H.
+    Then one admin event records the run. Returns {chain: events deleted}.
+    """
+    deleted: dict[str, int] = {}
+    chains = list(AuditChainHead.objects.values_list("chain", flat=True))
+    for chain in chains:
+        with transaction.atomic():
+            _lock_head(chain)
+            last_old = (
+                AuditEvent.objects.filter(chain=chain, timestamp__lt=before)
+                .order_by("-seq")
+                .values_list("seq", "event_hash")
+                .first()
+            )
+            if last_old is None:
+                continue
+            up_to_seq, up_to_hash = last_old
+            with retention_delete_window():
+                count, _ = AuditEvent.objects.filter(chain=chain, seq__lte=up_to_seq).delete()
+            if count == 0:
+                continue
+            AuditCheckpoint.objects.create(
+                chain=chain,
+                up_to_seq=up_to_seq,
+                up_to_hash=up_to_hash,
+                deleted=count,
+                created_by=by.label,
+                signature=checkpoint_signature(chain, up_to_seq, up_to_hash),
+            )
+            deleted[chain] = count
+    if deleted:
+        audit_admin(
+            by=by,
+            operation="audit.truncate",
+            target=f"before {before.isoformat()}",
+            details={"deleted": deleted, "before": before.isoformat()},
+        )
+    return deleted

@@ -1,0 +1,138 @@
+"""Verifying the audit chains: report `ok` or the first broken event and why.
+
+For each chain, events are walked in `seq` order and checked for:
+- a gap or repeat in `seq` (a deleted or inserted row),
+- `previous_hash` not equal to the preceding event's hash (a reordered, deleted or forged row),
+- `event_hash` not equal to the hash recomputed from the stored fields (a modified row),
+and at the end against the signed chain head (rows appended or removed at the tail). A retention
+checkpoint, if present and correctly signed, is where the walk starts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from audit.chain import HASHED_FIELDS, agent_chain, checkpoint_signature_ok, event_hash, head_signature_ok
+from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
+
+BATCH = 5000
+_COLUMNS = ("id", *HASHED_FIELDS, "previous_hash", "event_hash")
+
+
+@dataclass
+class Broken:
+    chain: str
+    reason: str
+    event_id: int | None = None
+    seq: int | None = None
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    chains_checked: int = 0
+    events_checked: int = 0
+    seconds: float = 0.0
+    first_broken: Broken | None = None
+    checkpoints: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = "ok" if self.ok else "broken"
+        return data
+
+
+def _chains(agent_id: int | None) -> list[str]:
+    if agent_id is not None:
+        return [agent_chain(agent_id)]
+    # Chains named by a head, a checkpoint or any event: a chain whose head was deleted still shows.
+    names = set(AuditChainHead.objects.values_list("chain", flat=True))
+    names |= set(AuditCheckpoint.objects.values_list("chain", flat=True).distinct())
+    names |= set(AuditEvent.objects.order_by().values_list("chain", flat=True).distinct())
+    return sorted(names)
+
+
+def _rows(chain: str, from_seq: int):
+    """Events of `chain` with seq >= from_seq as dicts, in seq order, fetched in keyset batches."""
+    last = from_seq - 1
+    while True:
+        batch = list(
+            AuditEvent.objects.filter(chain=chain, seq__gt=last).order_by("seq").values_list(*_COLUMNS)[:BATCH]
+        )
+        if not batch:
+            return
+        for row in batch:
+            yield dict(zip(_COLUMNS, row, strict=True))
+        last = batch[-1][_COLUMNS.index("seq")]
+
+
+def verify_chain(chain: str, *, since: datetime | None = None) -> tuple[int, Broken | None, int | None]:
+    """Check one chain. Returns (events checked, first problem or None, checkpoint seq or None)."""
+    checkpoint = AuditCheckpoint.objects.filter(chain=chain).order_by("-up_to_seq").first()
+    expected_seq, expected_prev = 1, GENESIS_HASH
+    if checkpoint is not None:
+        if not checkpoint_signature_ok(checkpoint.signature, chain, checkpoint.up_to_seq, checkpoint.up_to_hash):
+            return 0, Broken(chain, "retention checkpoint signature is invalid (forged checkpoint)"), None
+        expected_seq, expected_prev = checkpoint.up_to_seq + 1, checkpoint.up_to_hash
+    if since is not None:
+        first = (
+            AuditEvent.objects.filter(chain=chain, timestamp__gte=since, seq__gte=expected_seq)
+            .order_by("seq")
+            .values_list("seq", "previous_hash")
+            .first()
+        )
+        if first is not None and first[0] > expected_seq:
+            expected_seq, expected_prev = first  # the link into the window cannot be checked from inside it
+
+    checked = 0
+    last_seq, last_hash = expected_seq - 1, expected_prev
+    for row in _rows(chain, expected_seq):
+        seq = row["seq"]
+        if seq != last_seq + 1:
+            return (
+                checked,
+                Broken(chain, f"sequence gap: expected #{last_seq + 1}, found #{seq} (rows deleted)", row["id"], seq),
+                None,
+            )
+        if row["previous_hash"] != last_hash:
+            reason = "previous_hash does not match the preceding event (rows reordered, inserted or deleted)"
+            return checked, Broken(chain, reason, row["id"], seq), None
+        fields = {name: row[name] for name in HASHED_FIELDS}
+        if event_hash(fields, row["previous_hash"]) != row["event_hash"]:
+            return (
+                checked,
+                Broken(chain, "event_hash does not match the stored fields (event modified)", row["id"], seq),
+                None,
+            )
+        checked += 1
+        last_seq, last_hash = seq, row["event_hash"]
+
+    head = AuditChainHead.objects.filter(chain=chain).first()
+    if head is None:
+        return checked, Broken(chain, "chain head is missing (chain tampered with)", None, last_seq), None
+    if not head_signature_ok(head.signature, chain, head.seq, head.last_hash):
+        return checked, Broken(chain, "chain head signature is invalid (head forged or secret key changed)"), None
+    if (head.seq, head.last_hash) != (last_seq, last_hash):
+        reason = f"chain ends at #{last_seq} but its signed head is #{head.seq} (events removed or appended at the end)"
+        return checked, Broken(chain, reason, None, last_seq), None
+    return checked, None, checkpoint.up_to_seq if checkpoint else None
+
+
+def audit_verify(*, agent_id: int | None = None, since: datetime | None = None) -> VerifyResult:
+    started = time.perf_counter()
+    result = VerifyResult(ok=True)
+    for chain in _chains(agent_id):
+        checked, broken, checkpoint_seq = verify_chain(chain, since=since)
+        result.chains_checked += 1
+        result.events_checked += checked
+        if checkpoint_seq is not None:
+            result.checkpoints[chain] = checkpoint_seq
+        if broken is not None:
+            result.ok = False
+            result.first_broken = broken
+            break
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result

@@ -21,7 +21,18 @@ class ReadOnlyAdmin(RoleAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["id", "timestamp", "kind", "agent_name", "server", "tool", "action", "decision", "policy_id", "actor"]
+    list_display = [
+        "id",
+        "timestamp",
+        "kind",
+        "agent_name",
+        "server",
+        "tool",
+        "action",
+        "decision",
+        "policy_id",
+        "actor",
+    ]
     list_filter = ["kind", "decision", "server"]
     search_fields = ["agent_name", "tool", "policy_id", "request_id", "actor", "resource"]
     date_hierarchy = "timestamp"

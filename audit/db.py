@@ -62,7 +62,7 @@ SQLITE_UNINSTALL = [
 def install_append_only(schema_editor) -> None:
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(PG_INSTALL)
+        schema_editor.execute(PG_INSTALL, params=None)  # the SQL has literal %s for RAISE
     elif vendor == "sqlite":
         for statement in SQLITE_INSTALL:
             schema_editor.execute(statement)
@@ -71,7 +71,7 @@ def install_append_only(schema_editor) -> None:
 def uninstall_append_only(schema_editor) -> None:
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(PG_UNINSTALL)
+        schema_editor.execute(PG_UNINSTALL, params=None)
     elif vendor == "sqlite":
         for statement in SQLITE_UNINSTALL:
             schema_editor.execute(statement)

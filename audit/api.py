@@ -93,7 +93,7 @@ class AuditEventFilter(django_filters.FilterSet):
 
     def filter_agent(self, queryset, name, value):
         value = value.strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # "²".isdigit() is True, int("²") is not
             return queryset.filter(agent_id=int(value))
         return queryset.filter(agent_name=value)
 
@@ -162,7 +162,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     def verify(self, request):
         agent = request.query_params.get("agent")
         errors = {}
-        if agent is not None and not agent.isdigit():
+        if agent is not None and not (agent.isascii() and agent.isdigit()):
             errors["agent"] = ["Must be an agent id."]
         since = None
         if "since" in request.query_params:

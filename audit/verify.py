@@ -84,7 +84,9 @@ def verify_chain(chain: str, *, since: datetime | None = None) -> tuple[int, Bro
             .values_list("seq", "previous_hash")
             .first()
         )
-        if first is not None and first[0] > expected_seq:
+        if first is None:
+            return 0, None, checkpoint.up_to_seq if checkpoint else None  # nothing in the window
+        if first[0] > expected_seq:
             expected_seq, expected_prev = first  # the link into the window cannot be checked from inside it
 
     checked = 0
@@ -111,6 +113,8 @@ def verify_chain(chain: str, *, since: datetime | None = None) -> tuple[int, Bro
         last_seq, last_hash = seq, row["event_hash"]
 
     head = AuditChainHead.objects.filter(chain=chain).first()
+    if head is None and checked == 0 and checkpoint is None:
+        return 0, None, None  # a chain never written to (an agent that made no calls)
     if head is None:
         return checked, Broken(chain, "chain head is missing (chain tampered with)", None, last_seq), None
     if not head_signature_ok(head.signature, chain, head.seq, head.last_hash):

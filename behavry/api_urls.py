@@ -5,9 +5,12 @@ from rest_framework.routers import SimpleRouter
 
 from audit.api import AuditEventViewSet
 from behavry import views
+from policies.api import ExceptionViewSet, PolicyViewSet
 
 router = SimpleRouter()
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
+router.register("policies", PolicyViewSet, basename="policy")
+router.register("exceptions", ExceptionViewSet, basename="exception")
 
 app_name = "api"
 

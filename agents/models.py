@@ -124,7 +124,10 @@ class AgentSession(models.Model):
     protocol_version = models.CharField(max_length=32, blank=True)
     upstream_session_id = models.CharField(max_length=200, blank=True)
     upstream_protocol_version = models.CharField(max_length=32, blank=True)
-    client_info = models.JSONField(default=dict, blank=True)
+    client_info = models.JSONField(default=dict, blank=True, help_text="The agent's clientInfo and capabilities.")
+    upstream_info = models.JSONField(
+        default=dict, blank=True, help_text="The upstream's capabilities and instructions."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_seen_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)

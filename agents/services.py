@@ -166,6 +166,58 @@ def agent_reactivate(*, agent: Agent, by: Actor) -> Agent:
     return agent
 
 
+def agent_session_open(
+    *,
+    agent_id: int,
+    server_id: int,
+    era: str,
+    protocol_version: str,
+    client_info: dict,
+    upstream_session_id: str = "",
+    upstream_protocol_version: str = "",
+    upstream_info: dict | None = None,
+    session_id: str | None = None,
+) -> AgentSession:
+    """Start (or, for a fixed bridge id, restart) a session Behavry tracks for an agent on one upstream."""
+    import secrets
+
+    values = {
+        "agent_id": agent_id,
+        "server_id": server_id,
+        "era": era,
+        "protocol_version": protocol_version,
+        "client_info": client_info,
+        "upstream_session_id": upstream_session_id,
+        "upstream_protocol_version": upstream_protocol_version,
+        "upstream_info": upstream_info or {},
+        "ended_at": None,
+        "end_reason": "",
+        "last_seen_at": timezone.now(),
+    }
+    if session_id is None:
+        return AgentSession.objects.create(id=secrets.token_urlsafe(24), **values)
+    session, _ = AgentSession.objects.update_or_create(id=session_id, defaults=values)
+    return session
+
+
+def agent_session_set_upstream(
+    *, session: AgentSession, upstream_session_id: str, upstream_protocol_version: str
+) -> None:
+    AgentSession.objects.filter(pk=session.pk).update(
+        upstream_session_id=upstream_session_id, upstream_protocol_version=upstream_protocol_version
+    )
+    session.upstream_session_id = upstream_session_id
+    session.upstream_protocol_version = upstream_protocol_version
+
+
+def agent_session_end(*, session_id: str, reason: str) -> bool:
+    return bool(
+        AgentSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
+            ended_at=timezone.now(), end_reason=reason
+        )
+    )
+
+
 @transaction.atomic
 def agent_token_issue(*, agent: Agent, by: Actor, label: str = "") -> tuple[AgentToken, str]:
     """Issue a new token; the raw value is returned once and never stored."""

@@ -75,7 +75,7 @@ class DatabaseConfig:
     django: dict
 
 
-def parse_database_url(url: str, *, sqlite_default: Path) -> DatabaseConfig:
+def parse_database_url(url: str, *, sqlite_default: Path, conn_max_age: int = 60) -> DatabaseConfig:
     """Turn DATABASE_URL into a Django DATABASES entry.
 
     Only the two backends Behavry is tested on are accepted; anything else (mysql://, typos) is a
@@ -108,9 +108,11 @@ def parse_database_url(url: str, *, sqlite_default: Path) -> DatabaseConfig:
                 "PASSWORD": unquote(parts.password or ""),
                 "HOST": parts.hostname or "",
                 "PORT": str(port or ""),
-                # Short-lived connections: the proxy holds requests open for minutes and must not
-                # pin a database connection while it waits (DESIGN §3).
-                "CONN_MAX_AGE": 0,
+                # Reused connections with a health check: opening one per tool call would cost
+                # milliseconds on the hot path. Held requests do not keep one checked out: every
+                # ORM call runs in a short database_sync_to_async step.
+                "CONN_MAX_AGE": conn_max_age,
+                "CONN_HEALTH_CHECKS": True,
                 "OPTIONS": {"connect_timeout": 5},
             },
         )

@@ -1,8 +1,11 @@
-"""HTTP routes served by Channels consumers ahead of Django.
-
-The MCP endpoint (the proxy issue) is added here; asgi.py appends the catch-all to Django.
-"""
+"""HTTP routes served by Channels ahead of Django: the MCP endpoint. asgi.py appends Django."""
 
 from __future__ import annotations
 
-held_routes: list = []
+from django.urls import re_path
+
+from proxy.endpoint import McpEndpoint
+
+held_routes: list = [
+    re_path(r"^mcp/(?P<slug>[^/]+)/?$", McpEndpoint()),
+]

@@ -32,8 +32,14 @@ try:
     CSRF_TRUSTED_ORIGINS = env_list("BEHAVRY_CSRF_TRUSTED_ORIGINS", [])
     BEHAVRY_PORT = env_int("BEHAVRY_PORT", 8000, minimum=1, maximum=65535)
     BEHAVRY_DEMO_UPSTREAM_PORT = env_int("BEHAVRY_DEMO_UPSTREAM_PORT", 8765, minimum=1, maximum=65535)
-    _database = parse_database_url(env_str("DATABASE_URL", ""), sqlite_default=VAR_DIR / "behavry.sqlite3")
+    _database = parse_database_url(
+        env_str("DATABASE_URL", ""),
+        sqlite_default=VAR_DIR / "behavry.sqlite3",
+        conn_max_age=env_int("BEHAVRY_DB_CONN_MAX_AGE", 60, minimum=0),
+    )
     REDIS_URL = check_redis_url("REDIS_URL", env_str("REDIS_URL", ""))
+    BEHAVRY_MCP_MAX_BODY_BYTES = env_int("BEHAVRY_MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+    BEHAVRY_MCP_ALLOWED_ORIGINS = env_list("BEHAVRY_MCP_ALLOWED_ORIGINS", [])
     BEHAVRY_AUDIT_RETENTION_DAYS = env_int("BEHAVRY_AUDIT_RETENTION_DAYS", 365, minimum=1)
     BEHAVRY_LOG_LEVEL = env_str("BEHAVRY_LOG_LEVEL", "INFO").upper()
     if BEHAVRY_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

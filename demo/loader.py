@@ -1,4 +1,4 @@
-"""Demo data for `make run`: one upstream, agent roles, agents with tokens, and a console admin.
+"""Demo data for `make run`: one upstream, agent roles, starter policies, agents with tokens, a console admin.
 
 Idempotent: running it again keeps existing rows, issues a fresh token for the demo agents (the
 old demo tokens are revoked, since raw tokens cannot be shown twice) and keeps the admin password.
@@ -19,6 +19,8 @@ from accounts.roles import PersonRole
 from agents.models import Agent, AgentToken
 from agents.services import agent_create, agent_token_issue, agent_token_revoke, role_create
 from behavry.actors import Actor
+from policies.models import Policy
+from policies.services import policy_create
 from proxy.models import UpstreamServer
 from proxy.services import upstream_server_create, upstream_server_update
 
@@ -38,6 +40,34 @@ DEMO_AGENTS = [
         "description": "Maintains the workspace; may change and delete files with approval.",
         "owner": "platform-team",
         "roles": ["readers", "operators"],
+    },
+]
+
+
+# Starter policies: reads pass, changes need a human, everything else falls to default deny.
+STARTER_POLICIES = [
+    {
+        "name": "Read-only tools are allowed",
+        "effect": "allow",
+        "actions": ["read"],
+        "priority": 100,
+        "reason": "Reading is low risk.",
+    },
+    {
+        "name": "Demo utilities are allowed",
+        "effect": "allow",
+        "servers": ["demo"],
+        "tools": ["echo", "slow_task", "fail"],
+        "priority": 100,
+        "reason": "Harmless demo tools.",
+    },
+    {
+        "name": "Changes need approval",
+        "effect": "escalate",
+        "actions": ["write", "delete", "send", "execute"],
+        "roles": ["operators"],
+        "priority": 200,
+        "reason": "Writing, deleting, sending and executing need a human's approval.",
     },
 ]
 
@@ -72,6 +102,10 @@ def demo_load(*, upstream_port: int | None = None) -> DemoResult:
 
     role_create(name="readers", description="May read the demo workspace.", by=DEMO)
     role_create(name="operators", description="May change the workspace, with approval.", by=DEMO)
+
+    for body in STARTER_POLICIES:
+        if not Policy.objects.filter(name=body["name"]).exists():
+            policy_create(data=body, by=DEMO)
 
     result = DemoResult(admin_username=ADMIN_USERNAME, admin_password=_admin_password(), server_url=url)
     for spec in DEMO_AGENTS:

@@ -271,6 +271,32 @@ class PolicyEngine:
             found.sort(key=lambda r: (-r.priority, r.id))
         return found
 
+    def could_allow(self, *, agent_id: int, roles: frozenset[str], server: str, tool: str, action: str) -> bool:
+        """Whether some call to this tool could ever be allowed or escalated for this agent.
+
+        Used to filter tools/list: a tool is hidden when no enforce allow/escalate rule could match
+        it, or when an enforce deny matches it with nothing (resource, arguments, tier, time) that
+        could make it not apply.
+        """
+        possible = False
+        for rule in self.candidates(server, tool):
+            if rule.mode != "enforce":
+                continue
+            if (rule.agents or rule.roles) and agent_id not in rule.agents and not (rule.roles & roles):
+                continue
+            if (rule.servers is not None and not rule.servers(server)) or (
+                rule.tools is not None and not rule.tools(tool)
+            ):
+                continue
+            if rule.actions and action not in rule.actions:
+                continue
+            if rule.effect == "deny":
+                if rule.resources is None and not rule.risk_tiers and not rule.conditions and rule.window is None:
+                    return False
+            else:
+                possible = True
+        return possible
+
     def decide(self, ctx: CallContext) -> Decision:
         now = ctx.now or timezone.now()
         candidates = self.candidates(ctx.server, ctx.tool)

@@ -137,3 +137,8 @@ def tool_update(
         details={"action_override": tool.action_override, "resource_argument": tool.resource_argument},
     )
     return tool
+
+
+def upstream_server_set_era(*, server_id: int, era: str, protocol_version: str) -> None:
+    """Remember which protocol era an upstream speaks (detected by the proxy, not an admin action)."""
+    UpstreamServer.objects.filter(pk=server_id).update(era=era, protocol_version=protocol_version)

@@ -1,0 +1,321 @@
+"""The MCP endpoint `/mcp/<server>`: a plain ASGI app in the Channels router.
+
+It owns the transport: HTTP method, Host/Origin, bearer auth, body limit, Accept rules, the
+protocol era of the agent (2025 sessions or 2026-07-28 stateless headers), and streaming replies.
+What to do with each message is in proxy/handlers.py.
+
+A plain ASGI app rather than AsyncHttpConsumer, because the endpoint must notice the client going
+away mid-response (in the 2026-07-28 era a disconnect *is* the cancellation) and stream SSE
+without buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
+from agents.models import AgentSession
+from agents.services import agent_session_end
+from behavry.tokens import API_KEY_KIND
+from proxy import handlers
+from proxy import jsonrpc as rpc
+from proxy.identity import identity_for_token, target_for_slug
+from proxy.upstream import legacy_terminate
+
+logger = logging.getLogger("behavry.proxy")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def _http_error(status: int, message: str, code: int = rpc.INVALID_REQUEST, headers: dict | None = None) -> HttpError:
+    return HttpError(status, rpc.error_message(None, code, message), headers)
+
+
+async def _send_json(send, status: int, body: dict[str, Any] | None, headers: dict[str, str]) -> None:
+    payload = json.dumps(body, ensure_ascii=False).encode() if body is not None else b""
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if body is not None:
+        raw_headers.append((b"content-type", b"application/json"))
+    raw_headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class McpEndpoint:
+    """ASGI callable. One instance serves every upstream; the slug comes from the URL route."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            await self._handle(scope, receive, send, headers)
+        except HttpError as exc:
+            await _send_json(send, exc.status, exc.body, exc.headers)
+
+    async def _handle(self, scope, receive, send, headers: dict[str, str]) -> None:
+        method = scope["method"]
+        if method not in ("POST", "GET", "DELETE"):
+            raise _http_error(405, "Method not allowed", headers={"Allow": "POST, GET, DELETE"})
+        self._check_host_and_origin(headers)
+        identity = await self._authenticate(headers)
+        slug = scope.get("url_route", {}).get("kwargs", {}).get("slug", "")
+        target = await database_sync_to_async(target_for_slug)(slug)
+        if target is None:
+            raise _http_error(404, f"No enabled upstream server named {slug!r}")
+        if method == "GET":
+            await self._get(send, headers)
+            return
+        if method == "DELETE":
+            await self._delete(send, headers, identity, target)
+            return
+        body = await self._read_body(receive, headers)
+        accept = headers.get("accept", "")
+        if not (("application/json" in accept and "text/event-stream" in accept) or "*/*" in accept):
+            raise _http_error(406, "Not Acceptable: Accept must list application/json and text/event-stream")
+        try:
+            message = rpc.parse_message(body)
+        except rpc.RpcError as exc:
+            raise HttpError(exc.status, exc.body()) from None
+        req = await self._request(message, headers, identity, target)
+        await self._dispatch(req, receive, send)
+
+    # --- checks ---------------------------------------------------------------------------------
+
+    def _check_host_and_origin(self, headers: dict[str, str]) -> None:
+        host = headers.get("host", "")
+        domain, _port = split_domain_port(host)
+        if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+            raise _http_error(403, f"Host {host!r} is not allowed")
+        origin = headers.get("origin")
+        if origin is None:
+            return
+        if origin in settings.BEHAVRY_MCP_ALLOWED_ORIGINS:
+            return
+        parts = urlsplit(origin)
+        if parts.netloc and parts.netloc == host:
+            return  # same origin as the request
+        raise _http_error(403, f"Origin {origin!r} is not allowed")
+
+    async def _authenticate(self, headers: dict[str, str]):
+        challenge = {"WWW-Authenticate": 'Bearer realm="behavry"'}
+        scheme, _, raw = headers.get("authorization", "").partition(" ")
+        raw = raw.strip()
+        if scheme.lower() != "bearer" or not raw:
+            raise _http_error(401, "Missing bearer token", headers=challenge)
+        if raw.startswith(API_KEY_KIND):
+            raise _http_error(401, "API keys are not valid on /mcp/; use an agent token", headers=challenge)
+        identity = await database_sync_to_async(identity_for_token)(raw)
+        if identity is None:
+            raise _http_error(
+                401,
+                "Invalid or revoked agent token",
+                headers={**challenge, "WWW-Authenticate": 'Bearer realm="behavry", error="invalid_token"'},
+            )
+        if not identity.active:
+            raise _http_error(403, f"Agent {identity.name!r} is suspended")
+        return identity
+
+    async def _read_body(self, receive, headers: dict[str, str]) -> bytes:
+        limit = settings.BEHAVRY_MCP_MAX_BODY_BYTES
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _http_error(413, f"Body larger than {limit} bytes")
+        chunks, size = [], 0
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                raise HttpError(499)
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _http_error(413, f"Body larger than {limit} bytes")
+            chunks.append(chunk)
+            if not event.get("more_body"):
+                return b"".join(chunks)
+
+    async def _request(self, message: dict, headers: dict[str, str], identity, target) -> handlers.McpRequest:
+        """Work out the agent's era and session, checking the era's header rules."""
+        header_version = headers.get("mcp-protocol-version")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        meta_version = (params.get("_meta") or {}).get(rpc.META_VERSION) if "method" in message else None
+        msg_id = message.get("id")
+        modern = (
+            header_version in rpc.MODERN_VERSIONS
+            or meta_version is not None
+            or message.get("method") == "server/discover"
+            or (
+                header_version is not None
+                and header_version not in rpc.LEGACY_VERSIONS
+                and "mcp-session-id" not in headers
+            )
+        )
+        if modern:
+            version = meta_version or header_version
+            if version not in rpc.MODERN_VERSIONS:
+                raise HttpError(
+                    400,
+                    rpc.error_message(
+                        msg_id,
+                        rpc.UNSUPPORTED_VERSION,
+                        f"Unsupported protocol version: {version}",
+                        {"supported": list(rpc.MODERN_VERSIONS), "requested": version},
+                    ),
+                )
+            self._check_modern_headers(message, headers, version)
+            return handlers.McpRequest(identity, target, "modern", version, message)
+
+        if header_version is not None and header_version not in rpc.LEGACY_VERSIONS:
+            raise HttpError(
+                400, rpc.error_message(msg_id, rpc.INVALID_REQUEST, f"Unsupported protocol version: {header_version}")
+            )
+        if message.get("method") == "initialize":
+            return handlers.McpRequest(identity, target, "legacy", rpc.LATEST_LEGACY, message)
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            raise HttpError(
+                400, rpc.error_message(msg_id, rpc.INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required")
+            )
+        session = await database_sync_to_async(
+            AgentSession.objects.filter(
+                pk=session_id, agent_id=identity.agent_id, server_id=target.id, ended_at__isnull=True
+            ).first
+        )()
+        if session is None:
+            raise HttpError(404, rpc.error_message(msg_id, rpc.SESSION_NOT_FOUND, "Session not found"))
+        return handlers.McpRequest(identity, target, "legacy", session.protocol_version, message, session)
+
+    def _check_modern_headers(self, message: dict, headers: dict[str, str], version: str) -> None:
+        msg_id = message.get("id")
+
+        def mismatch(text: str) -> HttpError:
+            return HttpError(400, rpc.error_message(msg_id, rpc.HEADER_MISMATCH, text))
+
+        if "method" not in message:
+            return  # responses carry no method headers
+        if headers.get("mcp-protocol-version") != version:
+            raise mismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
+        method_header = headers.get("mcp-method")
+        if method_header is None or rpc.header_value(method_header) != message["method"]:
+            raise mismatch("Mcp-Method header does not match the request body's method")
+        name_field = rpc.NAMED_METHODS.get(message["method"])
+        if name_field:
+            name_header = headers.get("mcp-name")
+            if name_header is None or rpc.header_value(name_header) != message["params"].get(name_field):
+                raise mismatch(f"Mcp-Name header does not match the request body's '{name_field}'")
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    async def _dispatch(self, req: handlers.McpRequest, receive, send) -> None:
+        message = req.message
+        method = message.get("method")
+        if not rpc.is_request(message):
+            reply = await handlers.handle_client_message(req)
+            await _send_json(send, reply.status, None, reply.headers)
+            return
+        if (
+            method not in rpc.CLIENT_METHODS
+            or (req.era == "modern" and method in ("initialize", "ping"))
+            or (req.era == "legacy" and method == "server/discover")
+        ):
+            status = 404 if req.era == "modern" else 200
+            await _send_json(
+                send, status, rpc.error_message(message["id"], rpc.METHOD_NOT_FOUND, f"Method not found: {method}"), {}
+            )
+            return
+        if method == "ping":
+            await _send_json(send, 200, rpc.result_message(message["id"], {}), {})
+            return
+        handler = handlers.HANDLERS.get(method, handlers.handle_passthrough)
+
+        # Race the handler against the client going away: a disconnect cancels the work (and, in
+        # the 2026-07-28 era, is how a client cancels; the handler audits the cancellation).
+        work = asyncio.ensure_future(handler(req))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                work.cancel()
+                return
+            try:
+                reply = work.result()
+            except rpc.RpcError as exc:
+                await _send_json(send, exc.status, exc.body(), {})
+                return
+            if reply.stream is None:
+                await _send_json(send, reply.status, reply.body, reply.headers)
+                return
+            await self._stream(send, reply, gone)
+        finally:
+            gone.cancel()
+
+    async def _stream(self, send, reply: handlers.Reply, gone: asyncio.Future) -> None:
+        headers = SSE_HEADERS + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        stream = reply.stream
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:
+                    step.cancel()
+                    break
+                try:
+                    message = step.result()
+                except StopAsyncIteration:
+                    break
+                data = json.dumps(message, ensure_ascii=False)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": f"event: message\ndata: {data}\n\n".encode(),
+                        "more_body": True,
+                    }
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await stream.aclose()
+
+    async def _get(self, send, headers: dict[str, str]) -> None:
+        # Server-initiated messages outside a request are not relayed yet; 405 is the transport's
+        # documented way to say "no GET stream here", and clients carry on without one.
+        raise _http_error(405, "This endpoint offers no GET stream", headers={"Allow": "POST, DELETE"})
+
+    async def _delete(self, send, headers: dict[str, str], identity, target) -> None:
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            raise _http_error(400, "Mcp-Session-Id header is required")
+        session = await database_sync_to_async(
+            AgentSession.objects.filter(
+                pk=session_id, agent_id=identity.agent_id, server_id=target.id, ended_at__isnull=True
+            ).first
+        )()
+        if session is None:
+            raise _http_error(404, "Session not found", code=rpc.SESSION_NOT_FOUND)
+        await database_sync_to_async(agent_session_end)(session_id=session.pk, reason="closed by client")
+        if session.upstream_session_id:
+            await legacy_terminate(target, session.upstream_session_id, session.upstream_protocol_version)
+        await _send_json(send, 200, None, {})
+
+
+async def _wait_disconnect(receive) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            return

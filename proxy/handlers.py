@@ -1,0 +1,625 @@
+"""MCP method handlers: what Behavry does with each message an agent sends.
+
+The transport (proxy/endpoint.py) has already authenticated the agent, resolved the upstream,
+parsed and validated the message and found the agent's session. Handlers return a `Reply`: a
+JSON body, or a stream of JSON-RPC messages to send as SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from agents.models import AgentSession, SessionEra
+from agents.services import agent_session_open, agent_session_set_upstream
+from audit.services import audit_record
+from behavry.actors import Actor
+from policies.engine import Decision, current_engine
+from proxy import jsonrpc as rpc
+from proxy.decision import decide_tool_call, fail_closed
+from proxy.identity import AgentIdentity, clear_caches
+from proxy.services import tool_catalog_sync, upstream_server_set_era
+from proxy.upstream import (
+    UpstreamError,
+    UpstreamReply,
+    UpstreamSessionGone,
+    UpstreamTarget,
+    detect_era,
+    first_response,
+    legacy_initialize,
+    legacy_request,
+    modern_request,
+    post,
+)
+
+logger = logging.getLogger("behavry.proxy")
+
+SERVER_INFO = {"name": "behavry", "version": "0.1.0"}
+PASSTHROUGH = "system.passthrough"
+CACHEABLE_METHODS = {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+stats = {"fail_closed": 0, "outcome_audit_failed": 0}
+
+
+@dataclass
+class McpRequest:
+    identity: AgentIdentity
+    target: UpstreamTarget
+    era: str  # the agent's era: "legacy" or "modern"
+    protocol_version: str
+    message: dict[str, Any]
+    session: AgentSession | None = None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(kind="agent", id=str(self.identity.agent_id), name=self.identity.name)
+
+    @property
+    def client_info(self) -> dict[str, Any]:
+        if self.session is not None and self.era == "legacy":
+            return self.session.client_info.get("clientInfo") or {}
+        return (self.message.get("params") or {}).get("_meta", {}).get(rpc.META_CLIENT_INFO) or {}
+
+    @property
+    def client_capabilities(self) -> dict[str, Any]:
+        if self.session is not None and self.era == "legacy":
+            return self.session.client_info.get("capabilities") or {}
+        return (self.message.get("params") or {}).get("_meta", {}).get(rpc.META_CLIENT_CAPS) or {}
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: AsyncIterator[dict[str, Any]] | None = None
+
+
+# --- upstream plumbing ---------------------------------------------------------------------------
+
+
+async def upstream_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
+    """The upstream's era, detected once and remembered on the server row."""
+    if target.era in ("legacy", "modern"):
+        return target.era, {}
+    era, discovered = await detect_era(target)
+    version = rpc.LATEST_MODERN if era == "modern" else ""
+    await database_sync_to_async(upstream_server_set_era)(server_id=target.id, era=era, protocol_version=version)
+    clear_caches()
+    return era, discovered
+
+
+def _bridge_session_id(req: McpRequest) -> str:
+    return f"bridge-{req.identity.agent_id}-{req.target.id}"
+
+
+async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSession:
+    """The agent session whose upstream (2025-era) session carries this request, opened on demand.
+
+    A legacy agent has its own session. A modern (stateless) agent talking to a 2025-era upstream
+    gets one long-lived bridge session per (agent, upstream), kept in the database so any process
+    can use it.
+    """
+    session = req.session
+    if session is None:
+        session = await database_sync_to_async(
+            AgentSession.objects.filter(pk=_bridge_session_id(req), ended_at__isnull=True).first
+        )()
+    if session is not None and session.upstream_session_id and not renew:
+        return session
+    upstream_id, version, result = await legacy_initialize(
+        req.target, client_info=req.client_info, client_capabilities=req.client_capabilities
+    )
+    if session is None:
+        session = await database_sync_to_async(agent_session_open)(
+            agent_id=req.identity.agent_id,
+            server_id=req.target.id,
+            era=SessionEra.MODERN,
+            protocol_version=rpc.LATEST_MODERN,
+            client_info={"clientInfo": req.client_info, "capabilities": req.client_capabilities},
+            upstream_session_id=upstream_id,
+            upstream_protocol_version=version,
+            upstream_info=_upstream_info(result),
+            session_id=_bridge_session_id(req),
+        )
+    else:
+        await database_sync_to_async(agent_session_set_upstream)(
+            session=session, upstream_session_id=upstream_id, upstream_protocol_version=version
+        )
+    return session
+
+
+def _upstream_info(result: dict[str, Any]) -> dict[str, Any]:
+    return {"capabilities": result.get("capabilities") or {}, "instructions": result.get("instructions")}
+
+
+async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamReply:
+    """Send one message upstream in the upstream's era, renewing a lost 2025-era session once."""
+    era, _ = await upstream_era(req.target)
+    if era == "modern":
+        wrapped, headers = modern_request(
+            message, client_info=req.client_info, client_capabilities=req.client_capabilities
+        )
+        return await post(req.target, wrapped, headers=headers)
+    session = await _upstream_session(req)
+    outgoing = legacy_request(message)
+    try:
+        return await post(
+            req.target,
+            outgoing,
+            session_id=session.upstream_session_id or None,
+            protocol_version=session.upstream_protocol_version or rpc.LATEST_LEGACY,
+        )
+    except UpstreamSessionGone:
+        session = await _upstream_session(req, renew=True)
+        return await post(
+            req.target,
+            outgoing,
+            session_id=session.upstream_session_id or None,
+            protocol_version=session.upstream_protocol_version,
+        )
+
+
+def shape_result(req: McpRequest, message: dict[str, Any]) -> dict[str, Any]:
+    """Adapt an upstream response to the agent's era (resultType, serverInfo)."""
+    result = message.get("result")
+    if not isinstance(result, dict):
+        return message
+    result = dict(result)
+    if req.era == "modern":
+        result.setdefault("resultType", "complete")
+        if req.message.get("method") in CACHEABLE_METHODS:
+            # Required on 2026-07-28 list/read results; a 2025-era upstream does not send them.
+            result.setdefault("ttlMs", 0)
+            result.setdefault("cacheScope", "private")
+        meta = dict(result.get("_meta") or {})
+        meta[rpc.META_SERVER_INFO] = SERVER_INFO
+        result["_meta"] = meta
+    else:
+        result.pop("resultType", None)
+        if isinstance(result.get("_meta"), dict):
+            meta = {k: v for k, v in result["_meta"].items() if not k.startswith("io.modelcontextprotocol/")}
+            if meta:
+                result["_meta"] = meta
+            else:
+                result.pop("_meta")
+    return {**message, "result": result}
+
+
+def _result(req: McpRequest, msg_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return shape_result(req, rpc.result_message(msg_id, result))
+
+
+# --- audit helpers -------------------------------------------------------------------------------
+
+
+def _record(req: McpRequest, **fields: Any):
+    return audit_record(
+        actor=req.actor,
+        agent=req.identity,
+        session=req.session.pk if req.session is not None else "",
+        server=req.target.slug,
+        **fields,
+    )
+
+
+async def record(req: McpRequest, **fields: Any) -> None:
+    await database_sync_to_async(_record)(req, durable=True, **fields)
+
+
+async def record_outcome(req: McpRequest, **fields: Any) -> None:
+    """Outcome events follow a forwarded call. If one cannot be written the call has already
+    happened upstream, so the result still goes back (hiding it would invite a retry that runs the
+    tool twice); the failure is logged and counted instead."""
+    try:
+        await asyncio.shield(record(req, kind="outcome", **fields))
+    except Exception:
+        stats["outcome_audit_failed"] += 1
+        logger.exception("outcome audit write failed for request %s", fields.get("request_id"))
+
+
+# --- tools/call ----------------------------------------------------------------------------------
+
+
+def denial_result(decision: Decision, *, escalation_id: int | None = None) -> dict[str, Any]:
+    text = f"Behavry denied this call: {decision.reason} (policy {decision.policy_id}"
+    text += f", escalation {escalation_id})" if escalation_id else ")"
+    return {
+        "content": [{"type": "text", "text": text}],
+        "isError": True,
+        "structuredContent": {
+            "behavry": {
+                "decision": "deny",
+                "policy_id": decision.policy_id,
+                "reason": decision.reason,
+                "escalation_id": escalation_id,
+            }
+        },
+    }
+
+
+def error_result(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def _call_details(req: McpRequest, decision: Decision | None = None) -> dict[str, Any]:
+    details = {
+        "risk_tier": req.identity.risk_tier,
+        "roles": sorted(req.identity.roles),
+        "era": req.era,
+        "protocol_version": req.protocol_version,
+    }
+    if decision is not None:
+        if decision.exception_id:
+            details["exception_id"] = decision.exception_id
+        if decision.shadow:
+            details["shadow"] = decision.shadow
+            details["shadow_decision"] = decision.shadow_decision
+    return details
+
+
+async def handle_tools_call(req: McpRequest) -> Reply:
+    """authenticate (done) -> classify -> decide -> audit the decision (committed) -> forward -> audit the outcome."""
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    tool, arguments = params.get("name"), params.get("arguments", {})
+    if not isinstance(tool, str) or not tool:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'name' must be a non-empty string", id=msg_id)
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'arguments' must be an object", id=msg_id)
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    action, resource = "", ""
+    try:
+        outcome = await database_sync_to_async(decide_tool_call)(
+            identity=req.identity, server_id=req.target.id, server_slug=req.target.slug, tool=tool, arguments=arguments
+        )
+        decision = outcome.decision
+        action, resource = outcome.classification.action, outcome.classification.resource
+    except Exception as exc:
+        logger.exception("decision failed; denying")
+        stats["fail_closed"] += 1
+        decision = fail_closed(f"decision error: {type(exc).__name__}")
+    try:
+        await record(
+            req,
+            kind="decision",
+            tool=tool,
+            action=action,
+            resource=resource,
+            decision=decision.decision,
+            policy_id=decision.policy_id,
+            reason=decision.reason,
+            request_id=request_id,
+            arguments=arguments,
+            trace=decision.trace,
+            details=_call_details(req, decision),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+    except Exception as exc:
+        logger.exception("decision audit failed; denying")
+        stats["fail_closed"] += 1
+        return Reply(body=_result(req, msg_id, denial_result(fail_closed(f"audit unavailable: {type(exc).__name__}"))))
+
+    if decision.decision != "allow":
+        if decision.decision == "escalate":
+            # Holding for a human arrives with the escalations issue; until then an escalate
+            # decision must not pass, so it is reported as a denial naming the rule.
+            decision = Decision(
+                "deny", decision.policy_id, f"{decision.reason} (approval required; escalations are not enabled)"
+            )
+        return Reply(body=_result(req, msg_id, denial_result(decision)))
+
+    try:
+        upstream = await upstream_send(req, req.message)
+    except UpstreamError as exc:
+        await record_outcome(
+            req,
+            tool=tool,
+            decision="allow",
+            request_id=request_id,
+            reason=str(exc),
+            details={"status": "upstream_error"},
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        return Reply(body=_result(req, msg_id, error_result(f"Behavry could not reach the tool's server: {exc}")))
+
+    async def outcome(message: dict[str, Any] | None, status: str, reason: str = "") -> None:
+        result = (message or {}).get("result") or {}
+        await record_outcome(
+            req,
+            tool=tool,
+            action=action,
+            resource=resource,
+            decision="allow",
+            policy_id=decision.policy_id,
+            request_id=request_id,
+            reason=reason,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            details={"status": status, "is_error": bool(result.get("isError")) if isinstance(result, dict) else None},
+        )
+
+    if not upstream.streaming:
+        message = await first_response(upstream, msg_id)
+        await outcome(message, "error" if "error" in message else "ok")
+        return Reply(body=shape_result(req, message))
+    return Reply(stream=_relay(req, upstream, msg_id, outcome))
+
+
+async def _relay(req: McpRequest, upstream: UpstreamReply, msg_id: Any, outcome) -> AsyncIterator[dict[str, Any]]:
+    """Pass the upstream's stream through (progress, logging, its requests), auditing the response."""
+    finished = False
+    try:
+        async for message in upstream.messages:
+            if message.get("id") == msg_id and ("result" in message or "error" in message):
+                await outcome(message, "error" if "error" in message else "ok")
+                finished = True
+                yield shape_result(req, message)
+                return
+            yield message
+        await outcome(None, "upstream_error", "upstream ended its stream without answering")
+        finished = True
+        yield _result(req, msg_id, error_result("The tool's server ended its answer without a result."))
+    except UpstreamError as exc:
+        await outcome(None, "upstream_error", str(exc))
+        finished = True
+        yield _result(req, msg_id, error_result(f"The tool's server failed: {exc}"))
+    except Exception as exc:
+        if not finished and not isinstance(exc, GeneratorExit):
+            await outcome(None, "upstream_error", f"{type(exc).__name__}")
+            finished = True
+            yield _result(req, msg_id, error_result("The tool's server broke off its answer."))
+            return
+        raise
+    finally:
+        if not finished:
+            await outcome(None, "cancelled", "the agent went away before the tool answered")
+        await upstream.aclose()
+
+
+# --- lifecycle: initialize / server/discover -----------------------------------------------------
+
+
+async def _upstream_capabilities(req: McpRequest) -> dict[str, Any]:
+    """Capabilities and instructions the upstream declares (opening its 2025-era session if needed)."""
+    era, discovered = await upstream_era(req.target)
+    if era == "modern":
+        if not discovered:
+            probe = {"jsonrpc": "2.0", "id": "behavry-discover", "method": "server/discover", "params": {}}
+            wrapped, headers = modern_request(
+                probe, client_info=req.client_info, client_capabilities=req.client_capabilities
+            )
+            response = await first_response(await post(req.target, wrapped, headers=headers), "behavry-discover")
+            discovered = response.get("result") or {}
+        return {"capabilities": discovered.get("capabilities") or {}, "instructions": discovered.get("instructions")}
+    session = await _upstream_session(req)
+    return session.upstream_info
+
+
+async def handle_initialize(req: McpRequest) -> Reply:
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    requested = params.get("protocolVersion")
+    capabilities = params.get("capabilities") or {}
+    client_info = params.get("clientInfo") or {}
+    if not isinstance(requested, str) or not isinstance(capabilities, dict) or not isinstance(client_info, dict):
+        raise rpc.RpcError(
+            rpc.INVALID_PARAMS, "Invalid params: initialize needs protocolVersion, capabilities, clientInfo", id=msg_id
+        )
+    version = requested if requested in rpc.LEGACY_VERSIONS else rpc.LATEST_LEGACY
+    session = await database_sync_to_async(agent_session_open)(
+        agent_id=req.identity.agent_id,
+        server_id=req.target.id,
+        era=SessionEra.LEGACY,
+        protocol_version=version,
+        client_info={"clientInfo": client_info, "capabilities": capabilities},
+    )
+    req.session = session
+    try:
+        info = await _upstream_capabilities(req)
+    except UpstreamError as exc:
+        await database_sync_to_async(AgentSession.objects.filter(pk=session.pk).update)(
+            ended_at=session.created_at, end_reason="upstream unavailable"
+        )
+        raise rpc.RpcError(
+            rpc.INTERNAL_ERROR, f"Upstream {req.target.slug} unavailable: {exc}", status=502, id=msg_id
+        ) from exc
+    if session.upstream_info != info:
+        await database_sync_to_async(AgentSession.objects.filter(pk=session.pk).update)(upstream_info=info)
+    await record(
+        req,
+        kind="decision",
+        action="initialize",
+        decision="allow",
+        policy_id=PASSTHROUGH,
+        details={"protocol_version": version, "client": client_info},
+    )
+    result = {
+        "protocolVersion": version,
+        "capabilities": info.get("capabilities") or {},
+        "serverInfo": {**SERVER_INFO, "title": f"Behavry → {req.target.name}"},
+    }
+    if info.get("instructions"):
+        result["instructions"] = info["instructions"]
+    return Reply(body=_result(req, msg_id, result), headers={"Mcp-Session-Id": session.pk})
+
+
+async def handle_discover(req: McpRequest) -> Reply:
+    msg_id = req.message["id"]
+    try:
+        info = await _upstream_capabilities(req)
+    except UpstreamError as exc:
+        raise rpc.RpcError(
+            rpc.INTERNAL_ERROR, f"Upstream {req.target.slug} unavailable: {exc}", status=502, id=msg_id
+        ) from exc
+    result = {
+        "supportedVersions": list(rpc.MODERN_VERSIONS),
+        "capabilities": info.get("capabilities") or {},
+        "resultType": "complete",
+        "cacheScope": "private",
+        "ttlMs": 0,
+        "_meta": {rpc.META_SERVER_INFO: SERVER_INFO},
+    }
+    if info.get("instructions"):
+        result["instructions"] = info["instructions"]
+    return Reply(body=_result(req, msg_id, result))
+
+
+# --- tools/list, named reads, everything else ----------------------------------------------------
+
+
+def _filter_tools(req: McpRequest, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    synced = tool_catalog_sync(server=_server_row(req.target.id), definitions=[t for t in tools if isinstance(t, dict)])
+    actions = {t.name: t.action for t in synced}
+    engine = current_engine()
+    return [
+        t
+        for t in tools
+        if isinstance(t, dict)
+        and t.get("name") in actions
+        and engine.could_allow(
+            agent_id=req.identity.agent_id,
+            roles=req.identity.roles,
+            server=req.target.slug,
+            tool=t["name"],
+            action=actions[t["name"]],
+        )
+    ]
+
+
+def _server_row(server_id: int):
+    from proxy.models import UpstreamServer
+
+    return UpstreamServer.objects.get(pk=server_id)
+
+
+async def handle_tools_list(req: McpRequest) -> Reply:
+    msg_id = req.message["id"]
+    message = await _forward_for_response(req)
+    result = message.get("result")
+    if isinstance(result, dict) and isinstance(result.get("tools"), list):
+        try:
+            visible = await database_sync_to_async(_filter_tools)(req, result["tools"])
+        except Exception:
+            logger.exception("tools/list filtering failed; listing nothing")
+            stats["fail_closed"] += 1
+            visible = []
+        result = {**result, "tools": visible}
+        if req.era == "modern":
+            result["cacheScope"] = "private"  # filtered per agent: shared caches must not reuse it
+        message = {**message, "result": result}
+        await record(
+            req,
+            kind="decision",
+            action="list",
+            tool="",
+            decision="allow",
+            policy_id=PASSTHROUGH,
+            details={"method": "tools/list", "listed": len(visible), "offered": len(result.get("tools", []))},
+        )
+    return Reply(body=shape_result(req, {**message, "id": msg_id}))
+
+
+async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
+    try:
+        reply = await upstream_send(req, req.message)
+        return await first_response(reply, req.message["id"])
+    except UpstreamError as exc:
+        raise rpc.RpcError(
+            rpc.UPSTREAM_FAILED, f"Upstream {req.target.slug} failed: {exc}", status=200, id=req.message["id"]
+        ) from exc
+
+
+async def handle_named_read(req: McpRequest) -> Reply:
+    """resources/read and prompts/get: decided like a read-only tool named `resource:<uri>` / `prompt:<name>`."""
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    method = req.message["method"]
+    key = "uri" if method == "resources/read" else "name"
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"Invalid params: '{key}' must be a non-empty string", id=msg_id)
+    tool = f"resource:{value}" if method == "resources/read" else f"prompt:{value}"
+    arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+    request_id = uuid.uuid4().hex
+    try:
+        outcome = await database_sync_to_async(decide_tool_call)(
+            identity=req.identity,
+            server_id=req.target.id,
+            server_slug=req.target.slug,
+            tool=tool,
+            arguments=arguments,
+            action="read",
+            resource=value if method == "resources/read" else None,
+        )
+        decision = outcome.decision
+    except Exception:
+        logger.exception("decision failed; denying")
+        stats["fail_closed"] += 1
+        decision = fail_closed("decision error")
+    try:
+        await record(
+            req,
+            kind="decision",
+            tool=tool,
+            action="read",
+            resource=value if method == "resources/read" else "",
+            decision=decision.decision,
+            policy_id=decision.policy_id,
+            reason=decision.reason,
+            request_id=request_id,
+            arguments=arguments,
+            trace=decision.trace,
+            details=_call_details(req, decision),
+        )
+    except Exception:
+        logger.exception("decision audit failed; denying")
+        stats["fail_closed"] += 1
+        decision = fail_closed("audit unavailable")
+    if decision.decision != "allow":
+        raise rpc.RpcError(
+            rpc.POLICY_DENIED,
+            f"Denied by Behavry: {decision.reason} (policy {decision.policy_id})",
+            status=200,
+            id=msg_id,
+            data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
+        )
+    return Reply(body=shape_result(req, await _forward_for_response(req)))
+
+
+async def handle_passthrough(req: McpRequest) -> Reply:
+    return Reply(body=shape_result(req, await _forward_for_response(req)))
+
+
+async def handle_client_message(req: McpRequest) -> Reply:
+    """Notifications and responses from the agent (cancellation, answers to upstream requests)."""
+    method = req.message.get("method")
+    if method == "notifications/initialized":
+        return Reply(status=202)  # Behavry completed the upstream handshake itself
+    era, _ = await upstream_era(req.target)
+    if era == "modern" and method is not None:
+        return Reply(status=202)  # a stateless upstream takes no notifications over HTTP
+    try:
+        reply = await upstream_send(req, req.message)
+        await reply.aclose()
+    except UpstreamError as exc:
+        logger.info("could not relay %s upstream: %s", method or "response", exc)
+    return Reply(status=202)
+
+
+HANDLERS = {
+    "initialize": handle_initialize,
+    "server/discover": handle_discover,
+    "tools/call": handle_tools_call,
+    "tools/list": handle_tools_list,
+    "resources/read": handle_named_read,
+    "prompts/get": handle_named_read,
+}

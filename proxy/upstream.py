@@ -1,0 +1,305 @@
+"""Talking to upstream MCP servers over Streamable HTTP, in whichever era each speaks.
+
+One pooled httpx.AsyncClient per upstream per event loop (a Daphne process has one loop). The
+agent's token is never forwarded: requests carry only the upstream's own credential header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from proxy.jsonrpc import (
+    LATEST_LEGACY,
+    LATEST_MODERN,
+    META_CLIENT_CAPS,
+    META_CLIENT_INFO,
+    META_VERSION,
+    NAMED_METHODS,
+    header_encode,
+)
+
+logger = logging.getLogger("behavry.proxy.upstream")
+
+BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
+MODERN_ERROR_CODES = {-32020, -32021, -32022}
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered with something unusable."""
+
+
+class UpstreamSessionGone(UpstreamError):
+    """The upstream no longer knows our session (it answered 400/404 to a session request)."""
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """What a request needs to know about an upstream, detached from the ORM."""
+
+    id: int
+    slug: str
+    name: str
+    url: str
+    auth_header_name: str
+    auth_header_value: str
+    connect_timeout: float
+    read_timeout: float
+    era: str
+    protocol_version: str
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.auth_header_name and self.auth_header_value:
+            return {self.auth_header_name: self.auth_header_value}
+        return {}
+
+
+@dataclass
+class UpstreamReply:
+    """An upstream HTTP response: its status and headers, and the JSON-RPC messages it carries."""
+
+    status: int
+    session_id: str | None
+    streaming: bool
+    messages: AsyncIterator[dict[str, Any]]
+    _close: Any = field(default=None, repr=False)
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+_clients: dict[tuple[int, int, str], httpx.AsyncClient] = {}
+
+
+def client_for(target: UpstreamTarget) -> httpx.AsyncClient:
+    key = (id(asyncio.get_running_loop()), target.id, target.url)
+    client = _clients.get(key)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(target.read_timeout, connect=target.connect_timeout),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+        _clients[key] = client
+    return client
+
+
+async def _sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are skipped."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                payload = "\n".join(data)
+                data = []
+                if payload.strip():
+                    try:
+                        message = json.loads(payload)
+                    except ValueError:
+                        logger.warning("upstream sent a non-JSON SSE event; ignored")
+                        continue
+                    if isinstance(message, dict):
+                        yield message
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data and "\n".join(data).strip():
+        message = json.loads("\n".join(data))
+        if isinstance(message, dict):
+            yield message
+
+
+async def post(
+    target: UpstreamTarget,
+    message: dict[str, Any],
+    *,
+    session_id: str | None = None,
+    protocol_version: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> UpstreamReply:
+    """POST one message upstream. The caller must `aclose()` the reply (it may hold a stream open)."""
+    request_headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        **target.auth_headers(),
+        **(headers or {}),
+    }
+    if session_id:
+        request_headers["Mcp-Session-Id"] = session_id
+    if protocol_version:
+        request_headers["MCP-Protocol-Version"] = protocol_version
+    client = client_for(target)
+    request = client.build_request("POST", target.url, content=json.dumps(message), headers=request_headers)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamError(f"upstream {target.slug} timed out: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"upstream {target.slug} unreachable: {type(exc).__name__}") from exc
+
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    status = response.status_code
+    if session_id and status in (400, 404) and content_type != "text/event-stream":
+        body = await response.aread()
+        await response.aclose()
+        if status == 404 or b"session" in body.lower():
+            raise UpstreamSessionGone(f"upstream {target.slug} dropped session {session_id[:8]}…")
+        raise UpstreamError(f"upstream {target.slug} answered HTTP {status}: {body[:200]!r}")
+
+    async def close():
+        await response.aclose()
+
+    if status == 202:
+        await response.aclose()
+        return UpstreamReply(status, response.headers.get("mcp-session-id"), False, _empty(), None)
+    if content_type == "text/event-stream" and status == 200:
+        return UpstreamReply(status, response.headers.get("mcp-session-id"), True, _sse_messages(response), close)
+    try:
+        body = await response.aread()
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"upstream {target.slug} broke off its answer: {type(exc).__name__}") from exc
+    finally:
+        await response.aclose()
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UpstreamError(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message")
+    return UpstreamReply(status, response.headers.get("mcp-session-id"), False, _one(parsed), None)
+
+
+async def _empty() -> AsyncIterator[dict[str, Any]]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield message
+
+
+async def first_response(reply: UpstreamReply, request_id: Any) -> dict[str, Any]:
+    """Read the reply until the response to `request_id`, dropping anything before it."""
+    try:
+        async for message in reply.messages:
+            if message.get("id") == request_id and ("result" in message or "error" in message):
+                return message
+    finally:
+        await reply.aclose()
+    raise UpstreamError("upstream ended its answer without a response")
+
+
+# --- era-specific envelopes ----------------------------------------------------------------------
+
+
+def modern_request(message: dict[str, Any], *, client_info: dict, client_capabilities: dict) -> tuple[dict, dict]:
+    """Wrap a message for a 2026-07-28 upstream: `_meta` protocol fields plus the required headers."""
+    params = dict(message.get("params") or {})
+    meta = dict(params.get("_meta") or {})
+    meta[META_VERSION] = LATEST_MODERN
+    meta.setdefault(META_CLIENT_INFO, client_info or BEHAVRY_CLIENT_INFO)
+    meta.setdefault(META_CLIENT_CAPS, client_capabilities or {})
+    params["_meta"] = meta
+    wrapped = {**message, "params": params}
+    headers = {"MCP-Protocol-Version": LATEST_MODERN, "Mcp-Method": message["method"]}
+    name_field = NAMED_METHODS.get(message["method"])
+    if name_field and isinstance(params.get(name_field), str):
+        headers["Mcp-Name"] = header_encode(params[name_field])
+    return wrapped, headers
+
+
+def legacy_request(message: dict[str, Any]) -> dict[str, Any]:
+    """Strip the 2026-07-28 `_meta` protocol fields before sending to a 2025-era upstream."""
+    params = message.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("_meta"), dict):
+        return message
+    meta = {k: v for k, v in params["_meta"].items() if not k.startswith("io.modelcontextprotocol/")}
+    params = {**params, "_meta": meta} if meta else {k: v for k, v in params.items() if k != "_meta"}
+    return {**message, "params": params}
+
+
+async def detect_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
+    """Probe with server/discover: a 2026-07-28 server answers it, an older one refuses it.
+
+    Returns ("modern", discover result) or ("legacy", {}).
+    """
+    probe = {"jsonrpc": "2.0", "id": "behavry-discover", "method": "server/discover", "params": {}}
+    wrapped, headers = modern_request(probe, client_info=BEHAVRY_CLIENT_INFO, client_capabilities={})
+    try:
+        reply = await post(target, wrapped, headers=headers)
+    except UpstreamSessionGone:
+        return "legacy", {}
+    except UpstreamError as exc:
+        if "HTTP" in str(exc) or "without a JSON-RPC" in str(exc):
+            return "legacy", {}  # a plain HTTP refusal: a 2025-era server
+        raise  # unreachable: no verdict, let the caller fail closed
+    message: dict[str, Any] = {}
+    try:
+        async for candidate in reply.messages:
+            if "result" in candidate or "error" in candidate:
+                message = candidate
+                break
+    finally:
+        await reply.aclose()
+    result = message.get("result")
+    if reply.status == 200 and isinstance(result, dict) and LATEST_MODERN in (result.get("supportedVersions") or []):
+        return "modern", result
+    error = message.get("error") or {}
+    if error.get("code") in MODERN_ERROR_CODES:
+        return "modern", {}
+    return "legacy", {}
+
+
+async def legacy_initialize(
+    target: UpstreamTarget, *, client_info: dict, client_capabilities: dict, protocol_version: str = LATEST_LEGACY
+) -> tuple[str, str, dict[str, Any]]:
+    """Open a 2025-era session upstream: initialize, then notifications/initialized.
+
+    Returns (upstream session id, negotiated version, initialize result).
+    """
+    message = {
+        "jsonrpc": "2.0",
+        "id": "behavry-initialize",
+        "method": "initialize",
+        "params": {
+            "protocolVersion": protocol_version,
+            "capabilities": client_capabilities or {},
+            "clientInfo": client_info or BEHAVRY_CLIENT_INFO,
+        },
+    }
+    reply = await post(target, message)
+    session_id = reply.session_id or ""
+    response = await first_response(reply, "behavry-initialize")
+    result = response.get("result")
+    if not isinstance(result, dict):
+        raise UpstreamError(f"upstream {target.slug} refused initialize: {response.get('error')}")
+    version = result.get("protocolVersion") or protocol_version
+    done = await post(
+        target,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        session_id=session_id or None,
+        protocol_version=version,
+    )
+    await done.aclose()
+    return session_id, version, result
+
+
+async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_version: str) -> None:
+    """Best-effort DELETE of an upstream session."""
+    try:
+        await client_for(target).delete(
+            target.url,
+            headers={"Mcp-Session-Id": session_id, "MCP-Protocol-Version": protocol_version, **target.auth_headers()},
+        )
+    except httpx.HTTPError:
+        logger.info("DELETE of upstream session on %s failed; it will expire there", target.slug)

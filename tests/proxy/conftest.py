@@ -1,0 +1,128 @@
+"""A live Behavry (the real ASGI app, served by uvicorn in a thread) in front of the demo upstream.
+
+In-process so tests share the test database and can break things on purpose (audit, decision,
+database) with monkeypatch, while the agent side is the official MCP SDK client over real HTTP
+and the upstream is a real SDK server in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import asynccontextmanager
+
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from agents.services import agent_create, agent_token_issue, role_create
+from policies.engine import engine_cache
+from policies.services import policy_create
+from proxy.identity import clear_caches
+from proxy.services import upstream_server_create
+from tests.conftest import TEST_ACTOR, free_port
+
+
+@pytest.fixture(scope="session")
+def behavry_url():
+    from behavry.asgi import application
+
+    port = free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    loops = []
+
+    def run():
+        loop = asyncio.new_event_loop()
+        loops.append(loop)
+        loop.run_until_complete(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    # Close the connections the server's ORM thread opened, or the test database cannot be dropped.
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loops[0]).result(10)
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_proxy_caches():
+    clear_caches()
+    engine_cache.reset()
+    yield
+    clear_caches()
+    engine_cache.reset()
+
+
+@pytest.fixture
+def demo_server(transactional_db, demo_upstream):
+    return upstream_server_create(slug="demo", name="Demo", url=demo_upstream, by=TEST_ACTOR)
+
+
+@pytest.fixture
+def legacy_server(transactional_db, legacy_upstream):
+    return upstream_server_create(slug="legacy", name="Legacy demo", url=legacy_upstream, by=TEST_ACTOR)
+
+
+@pytest.fixture
+def agent_and_token(transactional_db):
+    role_create(name="readers", by=TEST_ACTOR)
+    agent = agent_create(name="research-bot", roles=["readers"], by=TEST_ACTOR)
+    _token, raw = agent_token_issue(agent=agent, by=TEST_ACTOR)
+    return agent, raw
+
+
+@pytest.fixture
+def token(agent_and_token):
+    return agent_and_token[1]
+
+
+@pytest.fixture
+def agent(agent_and_token):
+    return agent_and_token[0]
+
+
+@pytest.fixture
+def starter_policies(transactional_db, agent_and_token):
+    """Reads allowed, echo/slow_task allowed, delete_* denied, write escalated; the rest default deny."""
+    for body in (
+        {"name": "reads", "effect": "allow", "actions": ["read"]},
+        {"name": "utilities", "effect": "allow", "tools": ["echo", "slow_task", "fail"]},
+        {"name": "no deleting", "effect": "deny", "tools": ["delete_*"], "reason": "Deleting is not allowed."},
+        {"name": "writes need approval", "effect": "escalate", "tools": ["write_file"], "reason": "Needs a human."},
+    ):
+        policy_create(data=body, by=TEST_ACTOR)
+
+
+@asynccontextmanager
+async def mcp_client(url: str, token: str | None, mode: str, **headers):
+    all_headers = {**headers}
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    http = create_mcp_http_client(headers=all_headers, timeout=httpx2.Timeout(30, read=60))
+    async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        yield client
+
+
+MODES = ["legacy", "2026-07-28"]
+
+
+async def run_in_thread(fn, *args, **kwargs):
+    """Run ORM code from an async test without tripping Django's async-safety check."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+
+
+__all__ = ["MODES", "asyncio", "mcp_client", "run_in_thread"]

@@ -1,0 +1,142 @@
+"""End to end with real peers: the official MCP SDK client -> Behavry -> the demo SDK server."""
+
+import pytest
+
+from audit.models import AuditEvent
+from tests.proxy.conftest import MODES, mcp_client, run_in_thread
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("starter_policies")]
+
+
+def events(**filters):
+    return list(AuditEvent.objects.filter(**filters).order_by("id").values())
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_allowed_call_reaches_the_upstream_and_is_audited(behavry_url, demo_server, token, agent, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        result = await client.call_tool("read_file", {"path": "/docs/readme.md"})
+    assert not result.is_error
+    assert "Demo workspace" in result.content[0].text
+    decision, outcome = await run_in_thread(events, tool="read_file")
+    assert (decision["kind"], decision["decision"], decision["policy_id"]) == ("decision", "allow", "reads")
+    assert (decision["action"], decision["resource"], decision["agent_id"]) == ("read", "/docs/readme.md", agent.pk)
+    assert outcome["kind"] == "outcome" and outcome["request_id"] == decision["request_id"]
+    assert outcome["details"]["status"] == "ok" and outcome["latency_ms"] > 0
+    assert decision["id"] < outcome["id"]  # the decision was committed before the call went out
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_unmatched_call_is_denied_by_default_and_the_session_stays_usable(
+    behavry_url, demo_server, token, mode
+):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        denied = await client.call_tool("send_email", {"to": "a@example.com", "subject": "s", "body": "b"})
+        assert denied.is_error
+        assert denied.structured_content == {
+            "behavry": {
+                "decision": "deny",
+                "policy_id": "default.deny",
+                "reason": "No policy allows this call (default deny).",
+                "escalation_id": None,
+            }
+        }
+        assert "default.deny" in denied.content[0].text
+        after = await client.call_tool("echo", {"message": "still here"})
+        assert not after.is_error and after.content[0].text == "Echo: still here"
+    (event,) = await run_in_thread(events, tool="send_email")
+    assert (event["decision"], event["policy_id"]) == ("deny", "default.deny")
+    assert not await run_in_thread(events, tool="send_email", kind="outcome")  # nothing was forwarded
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_deny_rule_names_itself_and_its_reason(behavry_url, demo_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        denied = await client.call_tool("delete_file", {"path": "/docs/readme.md"})
+        check = await client.call_tool("read_file", {"path": "/docs/readme.md"})
+    assert denied.structured_content["behavry"]["policy_id"] == "no-deleting"
+    assert "Deleting is not allowed." in denied.content[0].text
+    assert not check.is_error  # the file is still there: nothing reached the upstream
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url, demo_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+    # delete_file is denied outright, send_email matches nothing; write_file can be escalated.
+    assert names == {"echo", "read_file", "list_files", "write_file", "slow_task", "fail"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress_is_relayed_from_the_upstream(behavry_url, demo_server, token, mode):
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append(progress)
+
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        result = await client.call_tool("slow_task", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress)
+    assert not result.is_error
+    assert seen == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_upstream_tool_error_comes_back_as_is_error_and_is_audited(behavry_url, demo_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        result = await client.call_tool("fail", {"message": "kaboom"})
+    assert result.is_error and "kaboom" in result.content[0].text
+    outcome = (await run_in_thread(events, tool="fail", kind="outcome"))[0]
+    assert outcome["details"] == {"status": "ok", "is_error": True}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_agent_on_either_era_works_with_a_legacy_only_upstream(behavry_url, legacy_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, mode) as client:
+        result = await client.call_tool("echo", {"message": "bridged"})
+        again = await client.call_tool("read_file", {"path": "/docs/roadmap.md"})
+    assert result.content[0].text == "Echo: bridged"
+    assert "Q1" in again.content[0].text
+    await run_in_thread(legacy_server.refresh_from_db)
+    assert legacy_server.era == "legacy"
+
+
+async def test_the_upstream_era_is_detected_and_remembered(behavry_url, demo_server, token):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "legacy") as client:
+        await client.call_tool("echo", {"message": "x"})
+    await run_in_thread(demo_server.refresh_from_db)
+    assert (demo_server.era, demo_server.protocol_version) == ("modern", "2026-07-28")
+
+
+async def test_auto_mode_negotiates_the_modern_era(behavry_url, demo_server, token):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "auto") as client:
+        assert client.protocol_version == "2026-07-28"
+        assert client.server_info.name == "behavry"
+        result = await client.call_tool("echo", {"message": "auto"})
+    assert result.content[0].text == "Echo: auto"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_and_prompts_pass_through_under_policy(behavry_url, demo_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        resource = await client.read_resource("demo://readme")
+        prompt = await client.get_prompt("summarize", {"path": "/docs/readme.md"})
+    assert "Demo workspace" in resource.contents[0].text
+    assert "Summarize" in prompt.messages[0].content.text
+    kinds = await run_in_thread(lambda: set(AuditEvent.objects.filter(kind="decision").values_list("tool", flat=True)))
+    assert {"resource:demo://readme", "prompt:summarize"} <= kinds
+
+
+async def test_the_agent_token_never_reaches_the_upstream(behavry_url, demo_server, token):
+    # The upstream's credential is configured; the agent's token must not be forwarded.
+    from proxy.services import upstream_server_update
+
+    await run_in_thread(
+        upstream_server_update,
+        server=demo_server,
+        auth_header_name="X-Upstream-Key",
+        auth_header_value="upstream-secret",
+        by=__import__("tests.conftest", fromlist=["TEST_ACTOR"]).TEST_ACTOR,
+    )
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "legacy") as client:
+        result = await client.call_tool("echo", {"message": "hi"})
+    assert not result.is_error

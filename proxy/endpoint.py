@@ -258,6 +258,13 @@ class McpEndpoint:
             except rpc.RpcError as exc:
                 await _send_json(send, exc.status, exc.body(), {})
                 return
+            except Exception:
+                # Never a bare 500: the agent gets a JSON-RPC error and nothing was forwarded that
+                # policy did not allow (tools/call handles its own failures as denials).
+                logger.exception("MCP handler failed for %s", method)
+                body = rpc.error_message(message["id"], rpc.INTERNAL_ERROR, "Behavry could not process this request")
+                await _send_json(send, 503, body, {})
+                return
             if reply.stream is None:
                 await _send_json(send, reply.status, reply.body, reply.headers)
                 return

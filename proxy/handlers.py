@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from agents.models import AgentSession, SessionEra
 from agents.services import agent_session_open, agent_session_set_upstream
@@ -213,6 +214,16 @@ async def record(req: McpRequest, **fields: Any) -> None:
     await database_sync_to_async(_record)(req, durable=True, **fields)
 
 
+async def record_best_effort(req: McpRequest, **fields: Any) -> None:
+    """Audit for session and listing events, which decide nothing: a failure is logged and counted,
+    not turned into a refusal (tool calls themselves stay strictly audit-before-forward)."""
+    try:
+        await record(req, **fields)
+    except Exception:
+        stats["outcome_audit_failed"] += 1
+        logger.exception("audit write failed for %s", fields.get("action"))
+
+
 async def record_outcome(req: McpRequest, **fields: Any) -> None:
     """Outcome events follow a forwarded call. If one cannot be written the call has already
     happened upstream, so the result still goes back (hiding it would invite a retry that runs the
@@ -279,12 +290,19 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     request_id = uuid.uuid4().hex
     action, resource = "", ""
     try:
-        outcome = await database_sync_to_async(decide_tool_call)(
-            identity=req.identity, server_id=req.target.id, server_slug=req.target.slug, tool=tool, arguments=arguments
+        outcome = await asyncio.wait_for(
+            database_sync_to_async(decide_tool_call)(
+                identity=req.identity,
+                server_id=req.target.id,
+                server_slug=req.target.slug,
+                tool=tool,
+                arguments=arguments,
+            ),
+            timeout=settings.BEHAVRY_DECISION_TIMEOUT_SECONDS,
         )
         decision = outcome.decision
         action, resource = outcome.classification.action, outcome.classification.resource
-    except Exception as exc:
+    except Exception as exc:  # includes TimeoutError: a slow database is an unavailable one
         logger.exception("decision failed; denying")
         stats["fail_closed"] += 1
         decision = fail_closed(f"decision error: {type(exc).__name__}")
@@ -434,7 +452,7 @@ async def handle_initialize(req: McpRequest) -> Reply:
         ) from exc
     if session.upstream_info != info:
         await database_sync_to_async(AgentSession.objects.filter(pk=session.pk).update)(upstream_info=info)
-    await record(
+    await record_best_effort(
         req,
         kind="decision",
         action="initialize",
@@ -516,7 +534,7 @@ async def handle_tools_list(req: McpRequest) -> Reply:
         if req.era == "modern":
             result["cacheScope"] = "private"  # filtered per agent: shared caches must not reuse it
         message = {**message, "result": result}
-        await record(
+        await record_best_effort(
             req,
             kind="decision",
             action="list",

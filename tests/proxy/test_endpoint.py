@@ -1,0 +1,286 @@
+"""The MCP endpoint's transport rules, each bad input tested on the wire (raw HTTP, no SDK)."""
+
+import json
+import secrets
+
+import httpx
+import pytest
+
+from accounts.services import api_key_create
+from agents.services import agent_suspend, agent_token_issue, agent_token_revoke
+from audit.models import AuditEvent
+from tests.conftest import TEST_ACTOR
+from tests.proxy.conftest import run_in_thread
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_server", "starter_policies")]
+
+ACCEPT = "application/json, text/event-stream"
+MODERN = "2026-07-28"
+
+
+def modern_headers(token, method, name=None, **extra):
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": ACCEPT,
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return {**headers, **extra}
+
+
+def modern_call(tool, arguments, msg_id=1):
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+
+
+async def post(url, body, headers):
+    async with httpx.AsyncClient(timeout=30) as http:
+        content = body if isinstance(body, bytes) else json.dumps(body)
+        return await http.post(url, content=content, headers=headers)
+
+
+@pytest.fixture
+def url(behavry_url):
+    return f"{behavry_url}/mcp/demo"
+
+
+async def test_a_modern_call_works_on_the_wire(url, token):
+    response = await post(url, modern_call("echo", {"message": "wire"}), modern_headers(token, "tools/call", "echo"))
+    assert response.status_code == 200
+    assert response.json()["result"]["content"][0]["text"] == "Echo: wire"
+    assert response.json()["result"]["resultType"] == "complete"
+
+
+async def test_a_missing_token_is_401_with_a_bearer_challenge(url):
+    response = await post(url, modern_call("echo", {}), {"Accept": ACCEPT})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_token_for_another_deployment_is_401(url):
+    foreign = "bhv_agent_" + secrets.token_urlsafe(32)
+    response = await post(url, modern_call("echo", {}), modern_headers(foreign, "tools/call", "echo"))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+async def test_an_api_key_is_refused_on_mcp(url):
+    _key, raw = await run_in_thread(api_key_create, name="k", role="admin", by=TEST_ACTOR)
+    response = await post(url, modern_call("echo", {}), modern_headers(raw, "tools/call", "echo"))
+    assert response.status_code == 401
+    assert "API keys" in response.json()["error"]["message"]
+
+
+async def test_a_revoked_token_is_refused_on_the_next_request(url, agent, token, monkeypatch):
+    monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)  # the 1 s cache is the documented bound
+    ok = await post(url, modern_call("echo", {"message": "a"}), modern_headers(token, "tools/call", "echo"))
+    assert ok.status_code == 200
+    tok = await run_in_thread(lambda: agent.tokens.get())
+    await run_in_thread(agent_token_revoke, token=tok, by=TEST_ACTOR)
+    response = await post(url, modern_call("echo", {"message": "b"}), modern_headers(token, "tools/call", "echo"))
+    assert response.status_code == 401
+
+
+async def test_a_suspended_agent_is_403_and_its_session_is_gone(behavry_url, url, agent, token, monkeypatch):
+    monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)
+    init = await post(
+        url,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+    )
+    session_id = init.headers["mcp-session-id"]
+    other_agent_token = await run_in_thread(_other_agent_token)
+    await run_in_thread(agent_suspend, agent=agent, reason="test", by=TEST_ACTOR)
+    refused = await post(
+        url,
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {
+            "Authorization": f"Bearer {token}",
+            "Accept": ACCEPT,
+            "Mcp-Session-Id": session_id,
+            "MCP-Protocol-Version": "2025-11-25",
+        },
+    )
+    assert refused.status_code == 403
+    # other agents are untouched
+    fine = await post(
+        url, modern_call("echo", {"message": "x"}), modern_headers(other_agent_token, "tools/call", "echo")
+    )
+    assert fine.status_code == 200 and not fine.json()["result"]["isError"]
+
+
+def _other_agent_token():
+    from agents.services import agent_create
+
+    other = agent_create(name="bystander", by=TEST_ACTOR)
+    return agent_token_issue(agent=other, by=TEST_ACTOR)[1]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", -32700),
+        (b"\xff\xfe", -32700),
+        (b"[" * 100_000 + b"]" * 100_000, -32700),
+        (json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]).encode(), -32600),
+        (json.dumps({"id": 1, "method": "tools/list"}).encode(), -32600),
+        (json.dumps({"jsonrpc": "2.0", "id": None, "method": "tools/list"}).encode(), -32600),
+        (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]}).encode(), -32602),
+        (json.dumps("just a string").encode(), -32600),
+    ],
+)
+async def test_malformed_messages_get_json_rpc_errors(url, token, body, code):
+    response = await post(url, body, {"Authorization": f"Bearer {token}", "Accept": ACCEPT})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
+async def test_an_unknown_method_is_not_forwarded(url, token):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "admin/shutdown",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}},
+    }
+    response = await post(url, body, modern_headers(token, "admin/shutdown"))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == -32601
+
+
+async def test_a_wrong_session_id_is_404(url, token):
+    response = await post(
+        url,
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {
+            "Authorization": f"Bearer {token}",
+            "Accept": ACCEPT,
+            "Mcp-Session-Id": "nope",
+            "MCP-Protocol-Version": "2025-11-25",
+        },
+    )
+    assert response.status_code == 404
+
+
+async def test_a_legacy_request_without_a_session_is_400(url, token):
+    response = await post(
+        url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+    )
+    assert response.status_code == 400
+
+
+async def test_an_oversized_body_is_413(url, token, settings):
+    settings.BEHAVRY_MCP_MAX_BODY_BYTES = 2048
+    big = modern_call("echo", {"message": "x" * 4096})
+    response = await post(url, big, modern_headers(token, "tools/call", "echo"))
+    assert response.status_code == 413
+
+
+async def test_a_foreign_origin_is_403_and_a_bad_host_too(url, token):
+    response = await post(
+        url, modern_call("echo", {}), modern_headers(token, "tools/call", "echo", Origin="http://evil.example")
+    )
+    assert response.status_code == 403
+    response = await post(
+        url, modern_call("echo", {}), modern_headers(token, "tools/call", "echo", Host="evil.example")
+    )
+    assert response.status_code == 403
+
+
+async def test_a_header_body_mismatch_is_minus_32020(url, token):
+    smuggled = await post(
+        url, modern_call("delete_file", {"path": "/docs/readme.md"}), modern_headers(token, "tools/call", "echo")
+    )
+    assert smuggled.status_code == 400 and smuggled.json()["error"]["code"] == -32020
+    wrong_method = await post(url, modern_call("echo", {}), modern_headers(token, "tools/list"))
+    assert wrong_method.json()["error"]["code"] == -32020
+    wrong_version = await post(
+        url,
+        modern_call("echo", {}),
+        modern_headers(token, "tools/call", "echo", **{"MCP-Protocol-Version": "2025-11-25"}),
+    )
+    assert wrong_version.status_code == 400
+
+
+async def test_an_unsupported_modern_version_is_minus_32022(url, token):
+    body = modern_call("echo", {})
+    body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
+    response = await post(
+        url, body, modern_headers(token, "tools/call", "echo", **{"MCP-Protocol-Version": "2099-01-01"})
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == -32022 and error["data"] == {"supported": ["2026-07-28"], "requested": "2099-01-01"}
+
+
+async def test_an_unknown_server_slug_is_404(behavry_url, token):
+    response = await post(
+        f"{behavry_url}/mcp/nope", modern_call("echo", {}), modern_headers(token, "tools/call", "echo")
+    )
+    assert response.status_code == 404
+
+
+async def test_a_missing_accept_is_406_and_a_put_is_405(url, token):
+    response = await post(
+        url, modern_call("echo", {}), {**modern_headers(token, "tools/call", "echo"), "Accept": "text/html"}
+    )
+    assert response.status_code == 406
+    async with httpx.AsyncClient() as http:
+        assert (await http.put(url, headers={"Authorization": f"Bearer {token}"})).status_code == 405
+
+
+async def test_odd_unicode_and_bad_params_never_crash_and_are_never_forwarded(url, token):
+    for arguments in ({"message": "\u0000\ud800 \U0001f600"}, {"path": "../../etc/passwd" * 50}):
+        response = await post(
+            url, modern_call("send_email", arguments), modern_headers(token, "tools/call", "send_email")
+        )
+        assert response.status_code == 200 and response.json()["result"]["isError"]
+    bad = await post(url, modern_call("echo", "not-an-object"), modern_headers(token, "tools/call", "echo"))
+    assert bad.json()["error"]["code"] == -32602
+    outcomes = await run_in_thread(lambda: AuditEvent.objects.filter(kind="outcome", tool="send_email").count())
+    assert outcomes == 0
+
+
+async def test_a_delete_ends_the_session(url, token):
+    init = await post(
+        url,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+    )
+    session_id = init.headers["mcp-session-id"]
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+    async with httpx.AsyncClient() as http:
+        assert (await http.delete(url, headers=headers)).status_code == 200
+    after = await post(url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, {**headers, "Accept": ACCEPT})
+    assert after.status_code == 404

@@ -1,0 +1,106 @@
+"""Fail closed: when the engine, the database or the audit write fails, the call is denied and
+nothing reaches the upstream. Each case is checked on the upstream's side: the file the call would
+have written does not exist there."""
+
+import time
+import uuid
+
+import pytest
+from django.db import OperationalError
+from mcp import Client
+
+from audit.models import AuditEvent
+from policies.services import policy_create
+from tests.conftest import TEST_ACTOR
+from tests.proxy.conftest import MODES, mcp_client, run_in_thread
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_server")]
+
+
+@pytest.fixture(autouse=True)
+def allow_writes(agent_and_token):
+    policy_create(
+        data={"name": "writes allowed", "effect": "allow", "tools": ["write_file", "read_file"]}, by=TEST_ACTOR
+    )
+
+
+async def upstream_has(demo_upstream, path) -> bool:
+    async with Client(demo_upstream, mode="2026-07-28") as direct:  # straight to the upstream, no Behavry
+        result = await direct.call_tool("read_file", {"path": path})
+    return not result.is_error
+
+
+async def write_through_behavry(behavry_url, token, mode):
+    path = f"/fail-closed/{uuid.uuid4().hex}"
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        result = await client.call_tool("write_file", {"path": path, "content": "x"})
+    return path, result
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_control_case_writes_upstream(behavry_url, demo_upstream, token, mode):
+    path, result = await write_through_behavry(behavry_url, token, mode)
+    assert not result.is_error
+    assert await upstream_has(demo_upstream, path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_audit_write_failure_denies(behavry_url, demo_upstream, token, mode, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OperationalError("audit table unavailable")
+
+    monkeypatch.setattr("proxy.handlers.audit_record", broken)
+    path, result = await write_through_behavry(behavry_url, token, mode)
+    assert result.is_error
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_decision_function_error_denies_and_is_audited(behavry_url, demo_upstream, token, mode, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr("proxy.handlers.decide_tool_call", broken)
+    path, result = await write_through_behavry(behavry_url, token, mode)
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+    event = await run_in_thread(lambda: AuditEvent.objects.filter(tool="write_file").get())
+    assert (event.decision, event.policy_id) == ("deny", "system.fail_closed")
+
+
+async def test_an_unavailable_database_denies(behavry_url, demo_upstream, token, monkeypatch):
+    def down():
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr("policies.selectors.policy_version", down)
+    path, result = await write_through_behavry(behavry_url, token, "2026-07-28")
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+
+
+async def test_a_slow_database_denies_after_the_decision_timeout(
+    behavry_url, demo_upstream, token, monkeypatch, settings
+):
+    settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+
+    def slow():
+        time.sleep(1.5)
+        return 0
+
+    monkeypatch.setattr("policies.selectors.policy_version", slow)
+    path, result = await write_through_behavry(behavry_url, token, "2026-07-28")
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+
+
+async def test_an_unreachable_upstream_is_a_clear_error_and_an_audited_outcome(behavry_url, token, demo_server):
+    from proxy.services import upstream_server_update
+
+    await run_in_thread(upstream_server_update, server=demo_server, url="http://127.0.0.1:9/mcp", by=TEST_ACTOR)
+    await run_in_thread(lambda: type(demo_server).objects.filter(pk=demo_server.pk).update(era="modern"))
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "2026-07-28") as client:
+        result = await client.call_tool("write_file", {"path": "/x", "content": "x"})
+    assert result.is_error and "could not reach" in result.content[0].text
+    outcome = await run_in_thread(lambda: AuditEvent.objects.filter(kind="outcome").get())
+    assert outcome.details["status"] == "upstream_error"

@@ -24,7 +24,7 @@ from django.http.request import split_domain_port, validate_host
 from agents.models import AgentSession
 from agents.services import agent_session_end
 from behavry.tokens import API_KEY_KIND
-from proxy import handlers
+from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
 from proxy.identity import identity_for_token, target_for_slug
 from proxy.upstream import legacy_terminate
@@ -244,14 +244,22 @@ class McpEndpoint:
             return
         handler = handlers.HANDLERS.get(method, handlers.handle_passthrough)
 
-        # Race the handler against the client going away: a disconnect cancels the work (and, in
-        # the 2026-07-28 era, is how a client cancels; the handler audits the cancellation).
+        # Race the handler against the agent going away or cancelling. In the 2026-07-28 era a
+        # disconnect *is* the cancellation. In the 2025 era it is not (the spec says so), and a
+        # `notifications/cancelled` is: the call then finishes upstream in the background so its
+        # outcome is still audited, but nothing more is sent for it.
+        stop = asyncio.Event()
+        cancelled = asyncio.Event()
+        session_id = req.session.pk if req.session is not None else None
+        if session_id is not None:
+            inflight.register(session_id, message["id"], cancelled)
+        watcher = asyncio.ensure_future(_watch(receive, stop, cancelled))
         work = asyncio.ensure_future(handler(req))
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        halt = asyncio.ensure_future(stop.wait())
         try:
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done:
-                work.cancel()
+                self._abandon(req, work, cancelled.is_set())
                 return
             try:
                 reply = work.result()
@@ -268,20 +276,34 @@ class McpEndpoint:
             if reply.stream is None:
                 await _send_json(send, reply.status, reply.body, reply.headers)
                 return
-            await self._stream(send, reply, gone)
+            await self._stream(send, req, reply, halt, cancelled)
         finally:
-            gone.cancel()
+            watcher.cancel()
+            halt.cancel()
+            if session_id is not None:
+                inflight.unregister(session_id, message["id"])
 
-    async def _stream(self, send, reply: handlers.Reply, gone: asyncio.Future) -> None:
+    def _abandon(self, req: handlers.McpRequest, work: asyncio.Future, by_cancel: bool) -> None:
+        if req.era == "modern" or by_cancel:
+            work.cancel()  # closes the upstream stream; the handler audits the cancellation
+            return
+        _background(_drain(work))  # legacy disconnect: let the call finish and be audited
+
+    async def _stream(self, send, req, reply: handlers.Reply, halt: asyncio.Future, cancelled: asyncio.Event) -> None:
         headers = SSE_HEADERS + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         stream = reply.stream
+        handed_off = False
         try:
             while True:
                 step = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
                 if step not in done:
-                    step.cancel()
+                    if req.era == "legacy" and not cancelled.is_set():
+                        _background(_drain_stream(step, stream))  # finish upstream, audit, discard
+                        handed_off = True
+                    else:
+                        step.cancel()
                     break
                 try:
                     message = step.result()
@@ -295,9 +317,11 @@ class McpEndpoint:
                         "more_body": True,
                     }
                 )
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not cancelled.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await stream.aclose()
+            if not handed_off:
+                await stream.aclose()
 
     async def _get(self, send, headers: dict[str, str]) -> None:
         # Server-initiated messages outside a request are not relayed yet; 405 is the transport's
@@ -321,8 +345,54 @@ class McpEndpoint:
         await _send_json(send, 200, None, {})
 
 
+async def _watch(receive, stop: asyncio.Event, cancelled: asyncio.Event) -> None:
+    """Set `stop` when the agent disconnects or cancels this request."""
+    disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+    cancel = asyncio.ensure_future(cancelled.wait())
+    try:
+        await asyncio.wait({disconnect, cancel}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        cancel.cancel()
+    stop.set()
+
+
 async def _wait_disconnect(receive) -> None:
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
             return
+
+
+_background_tasks: set[asyncio.Task] = set()
+
+
+def _background(coro) -> None:
+    task = asyncio.ensure_future(coro)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def _drain(work: asyncio.Future) -> None:
+    """Let an abandoned legacy call finish; a streamed reply is read to its end (and audited)."""
+    try:
+        reply = await work
+    except Exception:
+        logger.info("abandoned request ended with an error", exc_info=True)
+        return
+    if reply.stream is not None:
+        async for _ in reply.stream:
+            pass
+
+
+async def _drain_stream(step: asyncio.Future, stream) -> None:
+    try:
+        await step
+        async for _ in stream:
+            pass
+    except StopAsyncIteration:
+        pass
+    except Exception:
+        logger.info("abandoned stream ended with an error", exc_info=True)
+    finally:
+        await stream.aclose()

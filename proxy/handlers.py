@@ -23,6 +23,7 @@ from agents.services import agent_session_open, agent_session_set_upstream
 from audit.services import audit_record
 from behavry.actors import Actor
 from policies.engine import Decision, current_engine
+from proxy import inflight
 from proxy import jsonrpc as rpc
 from proxy.decision import decide_tool_call, fail_closed
 from proxy.identity import AgentIdentity, clear_caches
@@ -336,20 +337,6 @@ async def handle_tools_call(req: McpRequest) -> Reply:
             )
         return Reply(body=_result(req, msg_id, denial_result(decision)))
 
-    try:
-        upstream = await upstream_send(req, req.message)
-    except UpstreamError as exc:
-        await record_outcome(
-            req,
-            tool=tool,
-            decision="allow",
-            request_id=request_id,
-            reason=str(exc),
-            details={"status": "upstream_error"},
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
-        return Reply(body=_result(req, msg_id, error_result(f"Behavry could not reach the tool's server: {exc}")))
-
     async def outcome(message: dict[str, Any] | None, status: str, reason: str = "") -> None:
         result = (message or {}).get("result") or {}
         await record_outcome(
@@ -365,11 +352,19 @@ async def handle_tools_call(req: McpRequest) -> Reply:
             details={"status": status, "is_error": bool(result.get("isError")) if isinstance(result, dict) else None},
         )
 
-    if not upstream.streaming:
+    try:
+        upstream = await upstream_send(req, req.message)
+        if upstream.streaming:
+            return Reply(stream=_relay(req, upstream, msg_id, outcome))
         message = await first_response(upstream, msg_id)
-        await outcome(message, "error" if "error" in message else "ok")
-        return Reply(body=shape_result(req, message))
-    return Reply(stream=_relay(req, upstream, msg_id, outcome))
+    except UpstreamError as exc:
+        await outcome(None, "upstream_error", str(exc))
+        return Reply(body=_result(req, msg_id, error_result(f"Behavry could not reach the tool's server: {exc}")))
+    except asyncio.CancelledError:
+        await outcome(None, "cancelled", "the agent cancelled before the tool answered")
+        raise
+    await outcome(message, "error" if "error" in message else "ok")
+    return Reply(body=shape_result(req, message))
 
 
 async def _relay(req: McpRequest, upstream: UpstreamReply, msg_id: Any, outcome) -> AsyncIterator[dict[str, Any]]:
@@ -622,6 +617,10 @@ async def handle_client_message(req: McpRequest) -> Reply:
     method = req.message.get("method")
     if method == "notifications/initialized":
         return Reply(status=202)  # Behavry completed the upstream handshake itself
+    if method == "notifications/cancelled" and req.session is not None:
+        request_id = (req.message.get("params") or {}).get("requestId")
+        if request_id is not None:
+            await inflight.cancel(req.session.pk, request_id)
     era, _ = await upstream_era(req.target)
     if era == "modern" and method is not None:
         return Reply(status=202)  # a stateless upstream takes no notifications over HTTP

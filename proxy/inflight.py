@@ -1,0 +1,76 @@
+"""Requests in flight, so a legacy `notifications/cancelled` stops the right one in any process.
+
+Each request that can be cancelled registers an asyncio.Event under (session id, request id).
+A cancel notification sets the event if this process holds the request; otherwise it is broadcast
+on the channel layer, where every proxy process listens on one channel and checks its own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger("behavry.proxy")
+
+GROUP = "behavry.mcp.cancel"
+_events: dict[tuple[str, str], asyncio.Event] = {}
+_listeners: dict[int, asyncio.Task] = {}
+
+
+def _key(session_id: str, request_id: Any) -> tuple[str, str]:
+    return session_id, json.dumps(request_id, sort_keys=True)
+
+
+def register(session_id: str, request_id: Any, event: asyncio.Event) -> None:
+    _events[_key(session_id, request_id)] = event
+    _ensure_listener()
+
+
+def unregister(session_id: str, request_id: Any) -> None:
+    _events.pop(_key(session_id, request_id), None)
+
+
+def cancel_local(session_id: str, request_id: Any) -> bool:
+    event = _events.get(_key(session_id, request_id))
+    if event is None:
+        return False
+    event.set()
+    return True
+
+
+async def cancel(session_id: str, request_id: Any) -> None:
+    if cancel_local(session_id, request_id):
+        return
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(GROUP, {"type": "mcp.cancel", "session": session_id, "request": request_id})
+
+
+def _ensure_listener() -> None:
+    loop = asyncio.get_running_loop()
+    task = _listeners.get(id(loop))
+    if task is None or task.done():
+        _listeners[id(loop)] = loop.create_task(_listen())
+
+
+async def _listen() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    channel = await layer.new_channel()
+    await layer.group_add(GROUP, channel)
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a Redis hiccup must not end cancellation for the process
+            logger.exception("cancel listener: receive failed; retrying")
+            await asyncio.sleep(1)
+            await layer.group_add(GROUP, channel)
+            continue
+        cancel_local(message.get("session", ""), message.get("request"))

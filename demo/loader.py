@@ -57,7 +57,7 @@ STARTER_POLICIES = [
         "name": "Demo utilities are allowed",
         "effect": "allow",
         "servers": ["demo"],
-        "tools": ["echo", "slow_task", "fail"],
+        "tools": ["echo", "slow_task", "fail", "ask_user"],
         "priority": 100,
         "reason": "Harmless demo tools.",
     },

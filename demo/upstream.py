@@ -5,7 +5,7 @@ without touching the disk. Tools cover the cases the proxy must handle:
 
 - read-only: `read_file`, `list_files`, `echo`
 - writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
-- slow with progress: `slow_task`; failing: `fail`
+- slow with progress: `slow_task`; failing: `fail`; asking the user (elicitation): `ask_user`
 
     python -m demo.upstream --port 8765            # both eras (2026-07-28 and 2025-xx), like SDK servers
     python -m demo.upstream --port 8765 --era legacy  # answers only the initialize handshake era
@@ -28,12 +28,17 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 SEED_FILES = {
     "/docs/readme.md": "# Demo workspace\nThis is the demo upstream's in-memory file store.\n",
     "/docs/roadmap.md": "Q1: ship the proxy. Q2: ship escalations.\n",
     "/data/customers.csv": "id,name\n1,Ada\n2,Grace\n",
 }
+
+
+class Confirmation(BaseModel):
+    confirm: bool
 
 
 def build_server() -> MCPServer:
@@ -85,6 +90,20 @@ def build_server() -> MCPServer:
             await anyio.sleep(max(0.0, float(seconds)) / steps)
             await ctx.report_progress(step, steps, f"step {step}/{steps}")
         return f"Finished {steps} steps in {seconds}s"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    async def ask_user(ctx: Context, question: str) -> str:
+        """Ask the agent's user a yes/no question (an elicitation request to the client)."""
+        result = await ctx.elicit(question, Confirmation)
+        if result.action != "accept" or result.data is None:
+            return f"The user chose {result.action}."
+        return f"The user answered {'yes' if result.data.confirm else 'no'}."
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    async def announce_tools_changed(ctx: Context) -> str:
+        """Tell the client its tool list changed (a server-initiated notification, not tied to this call)."""
+        await ctx.session.send_tool_list_changed()
+        return "announced"
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     def fail(message: str = "demo failure") -> str:

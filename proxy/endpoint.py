@@ -27,10 +27,11 @@ from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
 from proxy.identity import identity_for_token, target_for_slug
-from proxy.upstream import legacy_terminate
+from proxy.upstream import UpstreamError, legacy_listen, legacy_terminate
 
 logger = logging.getLogger("behavry.proxy")
 
+KEEPALIVE_SECONDS = 15  # SSE comment interval on idle streams (the Python SDK's own ping interval)
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -80,7 +81,7 @@ class McpEndpoint:
         if target is None:
             raise _http_error(404, f"No enabled upstream server named {slug!r}")
         if method == "GET":
-            await self._get(send, headers)
+            await self._get(send, receive, headers, identity, target)
             return
         if method == "DELETE":
             await self._delete(send, headers, identity, target)
@@ -323,10 +324,67 @@ class McpEndpoint:
             if not handed_off:
                 await stream.aclose()
 
-    async def _get(self, send, headers: dict[str, str]) -> None:
-        # Server-initiated messages outside a request are not relayed yet; 405 is the transport's
-        # documented way to say "no GET stream here", and clients carry on without one.
-        raise _http_error(405, "This endpoint offers no GET stream", headers={"Allow": "POST, DELETE"})
+    async def _get(self, send, receive, headers: dict[str, str], identity, target) -> None:
+        """A 2025-era agent's stream for server-initiated messages, relayed from its upstream session.
+
+        Only 2025-era upstreams have such a stream; for a 2026-07-28 upstream (and for stateless
+        agents) the answer is 405, which the transport defines as "no GET stream here".
+        """
+        if "text/event-stream" not in headers.get("accept", ""):
+            raise _http_error(406, "Not Acceptable: a GET stream needs Accept: text/event-stream")
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            raise _http_error(
+                405, "This endpoint offers a GET stream only within a session", headers={"Allow": "POST, DELETE"}
+            )
+        session = await database_sync_to_async(
+            AgentSession.objects.filter(
+                pk=session_id, agent_id=identity.agent_id, server_id=target.id, ended_at__isnull=True
+            ).first
+        )()
+        if session is None:
+            raise _http_error(404, "Session not found", code=rpc.SESSION_NOT_FOUND)
+        if not session.upstream_session_id:
+            raise _http_error(405, "The upstream offers no GET stream", headers={"Allow": "POST, DELETE"})
+        try:
+            upstream = await legacy_listen(target, session.upstream_session_id, session.upstream_protocol_version)
+        except UpstreamError as exc:
+            raise _http_error(502, str(exc), code=rpc.INTERNAL_ERROR) from exc
+        if upstream is None:
+            raise _http_error(405, "The upstream offers no GET stream", headers={"Allow": "POST, DELETE"})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        messages = upstream.messages
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait(
+                    {step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if gone in done:
+                    step.cancel()
+                    return
+                if step not in done:
+                    step.cancel()
+                    # An idle stream still shows signs of life, so proxies and clients keep it open.
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                    continue
+                try:
+                    message = step.result()
+                except (StopAsyncIteration, UpstreamError):
+                    break
+                data = json.dumps(message, ensure_ascii=False)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": f"event: message\ndata: {data}\n\n".encode(),
+                        "more_body": True,
+                    }
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+            await upstream.aclose()
 
     async def _delete(self, send, headers: dict[str, str], identity, target) -> None:
         session_id = headers.get("mcp-session-id")

@@ -294,6 +294,33 @@ async def legacy_initialize(
     return session_id, version, result
 
 
+async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_version: str) -> UpstreamReply | None:
+    """Open the upstream's GET stream for server-initiated messages, or None if it offers none."""
+    client = client_for(target)
+    headers = {
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": session_id,
+        "MCP-Protocol-Version": protocol_version,
+        **target.auth_headers(),
+    }
+    request = client.build_request(
+        "GET", target.url, headers=headers, timeout=httpx.Timeout(None, connect=target.connect_timeout)
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"upstream {target.slug} GET stream failed: {type(exc).__name__}") from exc
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if response.status_code != 200 or content_type != "text/event-stream":
+        await response.aclose()
+        return None
+
+    async def close():
+        await response.aclose()
+
+    return UpstreamReply(200, session_id, True, _sse_messages(response), close)
+
+
 async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_version: str) -> None:
     """Best-effort DELETE of an upstream session."""
     try:

@@ -4,7 +4,18 @@ import httpx
 import pytest
 from mcp import Client
 
-EXPECTED_TOOLS = {"echo", "read_file", "list_files", "write_file", "delete_file", "send_email", "slow_task", "fail"}
+EXPECTED_TOOLS = {
+    "echo",
+    "read_file",
+    "list_files",
+    "write_file",
+    "delete_file",
+    "send_email",
+    "slow_task",
+    "ask_user",
+    "announce_tools_changed",
+    "fail",
+}
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])

@@ -98,7 +98,7 @@ def starter_policies(transactional_db, agent_and_token):
     """Reads allowed, echo/slow_task allowed, delete_* denied, write escalated; the rest default deny."""
     for body in (
         {"name": "reads", "effect": "allow", "actions": ["read"]},
-        {"name": "utilities", "effect": "allow", "tools": ["echo", "slow_task", "fail"]},
+        {"name": "utilities", "effect": "allow", "tools": ["echo", "slow_task", "fail", "ask_user", "announce_*"]},
         {"name": "no deleting", "effect": "deny", "tools": ["delete_*"], "reason": "Deleting is not allowed."},
         {"name": "writes need approval", "effect": "escalate", "tools": ["write_file"], "reason": "Needs a human."},
     ):
@@ -106,12 +106,17 @@ def starter_policies(transactional_db, agent_and_token):
 
 
 @asynccontextmanager
-async def mcp_client(url: str, token: str | None, mode: str, **headers):
+async def mcp_client(
+    url: str, token: str | None, mode: str, elicitation_callback=None, message_handler=None, **headers
+):
     all_headers = {**headers}
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
     http = create_mcp_http_client(headers=all_headers, timeout=httpx2.Timeout(30, read=60))
-    async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+    transport = streamable_http_client(url, http_client=http)
+    async with Client(
+        transport, mode=mode, elicitation_callback=elicitation_callback, message_handler=message_handler
+    ) as client:
         yield client
 
 

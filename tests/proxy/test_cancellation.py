@@ -63,7 +63,10 @@ async def test_a_modern_disconnect_mid_stream_cancels(behavry_url, token):
         "Mcp-Method": "tools/call",
         "Mcp-Name": "slow_task",
     }
-    async with httpx2.AsyncClient(timeout=30) as http, http.stream("POST", f"{behavry_url}/mcp/demo", json=body, headers=headers) as response:
+    async with (
+        httpx2.AsyncClient(timeout=30) as http,
+        http.stream("POST", f"{behavry_url}/mcp/demo", json=body, headers=headers) as response,
+    ):
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
             if "notifications/progress" in line:

@@ -284,3 +284,29 @@ async def test_a_delete_ends_the_session(url, token):
         assert (await http.delete(url, headers=headers)).status_code == 200
     after = await post(url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, {**headers, "Accept": ACCEPT})
     assert after.status_code == 404
+
+
+async def test_a_get_stream_needs_a_session_and_a_2025_era_upstream(url, token):
+    async with httpx.AsyncClient(timeout=10) as http:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        assert (await http.get(url, headers=headers)).status_code == 405
+        assert (await http.get(url, headers={**headers, "Mcp-Session-Id": "nope"})).status_code == 404
+        assert (await http.get(url, headers={**headers, "Accept": "application/json"})).status_code == 406
+    init = await post(
+        url,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+    )
+    async with httpx.AsyncClient(timeout=10) as http:
+        # the demo upstream speaks 2026-07-28, which has no GET stream to relay
+        response = await http.get(url, headers={**headers, "Mcp-Session-Id": init.headers["mcp-session-id"]})
+    assert response.status_code == 405

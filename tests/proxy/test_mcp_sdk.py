@@ -64,7 +64,16 @@ async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url
     async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
     # delete_file is denied outright, send_email matches nothing; write_file can be escalated.
-    assert names == {"echo", "read_file", "list_files", "write_file", "slow_task", "fail"}
+    assert names == {
+        "echo",
+        "read_file",
+        "list_files",
+        "write_file",
+        "slow_task",
+        "fail",
+        "ask_user",
+        "announce_tools_changed",
+    }
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -140,3 +149,34 @@ async def test_the_agent_token_never_reaches_the_upstream(behavry_url, demo_serv
     async with mcp_client(f"{behavry_url}/mcp/demo", token, "legacy") as client:
         result = await client.call_tool("echo", {"message": "hi"})
     assert not result.is_error
+
+
+async def test_an_upstream_elicitation_is_relayed_to_the_agent_and_its_answer_back(behavry_url, legacy_server, token):
+    from mcp_types import ElicitResult
+
+    asked = []
+
+    async def answer(context, params):
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"confirm": True})
+
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "legacy", elicitation_callback=answer) as client:
+        result = await client.call_tool("ask_user", {"question": "Proceed?"})
+    assert asked == ["Proceed?"]
+    assert result.content[0].text == "The user answered yes."
+
+
+async def test_server_initiated_notifications_arrive_on_the_get_stream(behavry_url, legacy_server, token):
+    import asyncio
+
+    received = asyncio.Event()
+
+    async def on_message(message):
+        if getattr(getattr(message, "root", message), "method", None) == "notifications/tools/list_changed":
+            received.set()
+
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "legacy", message_handler=on_message) as client:
+        await asyncio.sleep(0.3)  # the SDK opens its GET stream right after initialize
+        result = await client.call_tool("announce_tools_changed", {})
+        assert result.content[0].text == "announced"
+        await asyncio.wait_for(received.wait(), timeout=5)

@@ -609,7 +609,17 @@ async def handle_named_read(req: McpRequest) -> Reply:
 
 
 async def handle_passthrough(req: McpRequest) -> Reply:
-    return Reply(body=shape_result(req, await _forward_for_response(req)))
+    """Methods that name nothing policy can match (lists, completion, log level, subscriptions)."""
+    message = await _forward_for_response(req)
+    await record_best_effort(
+        req,
+        kind="decision",
+        action=req.message["method"],
+        decision="allow",
+        policy_id=PASSTHROUGH,
+        details={"method": req.message["method"], "upstream_error": "error" in message},
+    )
+    return Reply(body=shape_result(req, message))
 
 
 async def handle_client_message(req: McpRequest) -> Reply:

@@ -180,3 +180,16 @@ async def test_server_initiated_notifications_arrive_on_the_get_stream(behavry_u
         result = await client.call_tool("announce_tools_changed", {})
         assert result.content[0].text == "announced"
         await asyncio.wait_for(received.wait(), timeout=5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_other_methods_pass_through_and_are_audited(behavry_url, demo_server, token, mode):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        prompts = await client.list_prompts()
+        resources = await client.list_resources()
+    assert [p.name for p in prompts.prompts] == ["summarize"]
+    assert [str(r.uri) for r in resources.resources] == ["demo://readme"]
+    methods = await run_in_thread(
+        lambda: set(AuditEvent.objects.filter(policy_id="system.passthrough").values_list("action", flat=True))
+    )
+    assert {"prompts/list", "resources/list"} <= methods

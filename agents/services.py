@@ -33,6 +33,15 @@ def role_update(*, role: Role, by: Actor, name: str | None = None, description: 
         name = name.strip()
         if not name or Role.objects.filter(name=name).exclude(pk=role.pk).exists():
             raise InvalidInput("Role names must be unique and non-empty.", fields={"name": ["Invalid or taken."]})
+        if name != role.name:
+            from policies.models import Policy  # policies match roles by name
+
+            naming = [p.slug for p in Policy.objects.only("slug", "roles") if role.name in (p.roles or [])]
+            if naming:
+                raise InvalidInput(
+                    f"Policies name role {role.name!r}: {', '.join(naming)}. Change them first.",
+                    fields={"name": [f"Used by policies: {', '.join(naming)}."]},
+                )
         role.name = name
     if description is not None:
         role.description = description
@@ -142,13 +151,16 @@ def agent_suspend(*, agent: Agent, by: Actor, reason: str = "") -> Agent:
         ended_at=now, end_reason="agent suspended"
     )
     agent.refresh_from_db()
+    from escalations.services import escalation_cancel_for_agent  # escalations depend on agents, not back
+
+    cancelled = escalation_cancel_for_agent(agent=agent, reason="The agent was suspended.")
     audit_admin(
         by=by,
         operation="agent.suspend",
         agent=agent,
         target=f"agent:{agent.pk}",
         reason=reason,
-        details={"sessions_ended": ended},
+        details={"sessions_ended": ended, "escalations_cancelled": cancelled},
     )
     return agent
 

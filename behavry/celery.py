@@ -23,6 +23,9 @@ app.conf.imports = ("behavry.tasks",)
 app.conf.beat_schedule = {
     # Heartbeat so /readyz can tell that beat and a worker are both alive.
     "behavry-heartbeat": {"task": "behavry.tasks.heartbeat", "schedule": 30.0},
+    # Expire held calls whose waiter died before their deadline (crash, restart). The waiter enforces
+    # deadlines itself, so 30 s only bounds how long an orphan can look pending.
+    "escalation-sweep": {"task": "escalations.tasks.sweep", "schedule": 30.0},
     # Audit retention: hourly is plenty for a day-granular policy, and keeps each run's deletes small.
     "audit-retention": {"task": "audit.tasks.apply_retention", "schedule": 3600.0},
 }

@@ -41,6 +41,18 @@ try:
     BEHAVRY_MCP_MAX_BODY_BYTES = env_int("BEHAVRY_MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
     BEHAVRY_MCP_ALLOWED_ORIGINS = env_list("BEHAVRY_MCP_ALLOWED_ORIGINS", [])
     BEHAVRY_DECISION_TIMEOUT_SECONDS = env_int("BEHAVRY_DECISION_TIMEOUT_SECONDS", 5, minimum=1)
+    BEHAVRY_ESCALATION_TIMEOUTS = {
+        "low": env_int("BEHAVRY_ESCALATION_TIMEOUT_LOW", 30 * 60, minimum=1),
+        "medium": env_int("BEHAVRY_ESCALATION_TIMEOUT_MEDIUM", 30 * 60, minimum=1),
+        "high": env_int("BEHAVRY_ESCALATION_TIMEOUT_HIGH", 15 * 60, minimum=1),
+        "critical": env_int("BEHAVRY_ESCALATION_TIMEOUT_CRITICAL", 5 * 60, minimum=1),
+    }
+    BEHAVRY_ESCALATION_RECHECK_SECONDS = env_int("BEHAVRY_ESCALATION_RECHECK_SECONDS", 2, minimum=1, maximum=2)
+    BEHAVRY_MAX_HELD_REQUESTS = env_int("BEHAVRY_MAX_HELD_REQUESTS", 5000, minimum=1)
+    BEHAVRY_WEBHOOK_URL = env_str("BEHAVRY_WEBHOOK_URL", "")
+    BEHAVRY_WEBHOOK_SECRET = env_str("BEHAVRY_WEBHOOK_SECRET", "")
+    if BEHAVRY_WEBHOOK_URL and len(BEHAVRY_WEBHOOK_SECRET) < 16:
+        raise ConfigError("BEHAVRY_WEBHOOK_SECRET must be at least 16 characters when BEHAVRY_WEBHOOK_URL is set")
     BEHAVRY_AUDIT_RETENTION_DAYS = env_int("BEHAVRY_AUDIT_RETENTION_DAYS", 365, minimum=1)
     BEHAVRY_LOG_LEVEL = env_str("BEHAVRY_LOG_LEVEL", "INFO").upper()
     if BEHAVRY_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -187,6 +199,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
     "EXCEPTION_HANDLER": "behavry.api.exception_handler",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
     # `?format=` selects an export format on the audit list, not a DRF renderer.
     "URL_FORMAT_OVERRIDE": None,
 }

@@ -29,7 +29,6 @@ from django.utils import timezone
 
 DEFAULT_DENY = "default.deny"
 REFRESH_SECONDS = 0.5  # how often a process checks the policy version: changes apply within 1 s
-MAX_MATCH_INPUT = 10_000  # characters of an argument a glob or regex condition looks at
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MISSING = object()
 
@@ -125,10 +124,11 @@ def _compile_condition(cond: dict[str, Any]) -> Callable[[dict], bool]:
         test = lambda v: any(v == o for o in options)  # noqa: E731
     elif op == "glob":
         pattern = re.compile(fnmatch.translate(expected))
-        test = lambda v: isinstance(v, str) and pattern.match(v[:MAX_MATCH_INPUT]) is not None  # noqa: E731
+        # The whole value is matched: truncating would let padding carry a payload past a rule.
+        test = lambda v: isinstance(v, str) and pattern.match(v) is not None  # noqa: E731
     elif op == "regex":
         pattern = re.compile(expected)
-        test = lambda v: isinstance(v, str) and pattern.search(v[:MAX_MATCH_INPUT]) is not None  # noqa: E731
+        test = lambda v: isinstance(v, str) and pattern.search(v) is not None  # noqa: E731
     elif op == "lt":
         test = lambda v: _number(v) and v < expected  # noqa: E731
     elif op == "gt":

@@ -42,6 +42,9 @@ def policy_replay(*, policies: list[dict[str, Any]], limit: int = 500, mode: str
     events = (
         AuditEvent.objects.filter(kind=AuditKind.DECISION, decision__in=REPLAYABLE)
         .exclude(policy_id__startswith="system.")
+        .exclude(policy_id__startswith="dlp.")
+        .exclude(policy_id__startswith="baseline.")
+        .exclude(policy_id__startswith="escalation.")
         .order_by("-id")
         .values(
             "id",

@@ -88,7 +88,21 @@ def policy_delete(*, policy: Policy, by: Actor) -> None:
 
 @transaction.atomic
 def policy_set_enabled(*, policy: Policy, enabled: bool, by: Actor) -> Policy:
-    return policy_update(policy=policy, data={"enabled": enabled}, by=by, partial=True)
+    """Switch a rule on or off without re-validating it: a rule naming a since-deleted role or
+    agent must still be disable-able."""
+    if policy.enabled == enabled:
+        return policy
+    policy.enabled = enabled
+    policy.updated_by = by.label
+    policy.save(update_fields=["enabled", "updated_by", "updated_at"])
+    policy_version_bump()
+    audit_admin(
+        by=by,
+        operation="policy.update",
+        target=f"policy:{policy.slug}",
+        details={"changes": {"enabled": {"from": not enabled, "to": enabled}}},
+    )
+    return policy
 
 
 @transaction.atomic
@@ -114,6 +128,15 @@ def exception_create(
         errors["expires_at"] = ["Must be in the future."]
     if errors:
         raise InvalidInput("The exception has invalid fields.", fields=errors)
+    # An expired exception is inactive but not revoked; retire it so a new one can take its place.
+    PolicyException.objects.filter(
+        agent=agent,
+        server=server.strip(),
+        tool=tool.strip(),
+        resource=resource,
+        revoked_at__isnull=True,
+        expires_at__lte=timezone.now(),
+    ).update(revoked_at=timezone.now(), revoked_by="system:behavry (expired)")
     try:
         with transaction.atomic():
             exception = PolicyException.objects.create(

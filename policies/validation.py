@@ -17,10 +17,46 @@ MAX_PATTERN = 500
 MAX_LIST = 1000
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _ARG_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
-# Quantified groups that themselves contain a quantifier - (a+)+, (.*)*, (x|y*){2,} - backtrack
-# exponentially in Python's `re`, which has no timeout. Backreferences too.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{?]")
-_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _risky_regex(pattern: str) -> bool:
+    """True if the pattern can backtrack exponentially in Python's `re` (which has no timeout).
+
+    Walks the parsed pattern: a repeat (`*`, `+`, `{n,}`) that contains another repeat or an
+    alternation - (a+)+, ((a+))+, (a|a)*, (x|y*){2,} - or any backreference is refused.
+    """
+    import re._constants as c
+    import re._parser as p
+
+    def walk(items, inside_repeat: bool) -> bool:
+        for op, arg in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                _low, high, sub = arg
+                repeats = high is c.MAXREPEAT or high > 1
+                if inside_repeat and repeats:
+                    return True
+                if walk(sub, inside_repeat or repeats):
+                    return True
+            elif op is c.BRANCH:
+                if inside_repeat:
+                    return True
+                if any(walk(branch, inside_repeat) for branch in arg[1]):
+                    return True
+            elif op is c.SUBPATTERN:
+                if walk(arg[-1], inside_repeat):
+                    return True
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                if walk(arg[1], inside_repeat):
+                    return True
+            elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
+                return True
+        return False
+
+    try:
+        return walk(p.parse(pattern), False)
+    except Exception:  # noqa: BLE001 - unparsable patterns are reported by re.compile below
+        return False
+
 
 KNOWN_FIELDS = {
     "name",
@@ -65,7 +101,7 @@ def check_regex(pattern: Any) -> str | None:
         return "must be a non-empty string"
     if len(pattern) > MAX_PATTERN:
         return f"longer than {MAX_PATTERN} characters"
-    if _NESTED_QUANTIFIER.search(pattern) or _BACKREFERENCE.search(pattern):
+    if _risky_regex(pattern):
         return "could backtrack catastrophically (nested quantifiers or backreferences are refused)"
     try:
         re.compile(pattern)
@@ -96,6 +132,7 @@ def _string_list(data: dict, key: str, errors: dict, *, choices=None, glob=False
             problems.append(f"[{index}] {item!r} is not one of: {', '.join(choices)}.")
     if problems:
         errors[key] = problems
+        return []
     return list(dict.fromkeys(value))
 
 

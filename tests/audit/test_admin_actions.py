@@ -48,7 +48,7 @@ def test_agent_lifecycle_is_audited_with_the_person(admin_user):
     assert {e.actor for e in events} == {"person:alice-admin"}
     assert all(e.agent_id == agent.pk for e in events[1:])
     suspend = events[5]
-    assert (suspend.reason, suspend.details) == ("runaway", {"sessions_ended": 0})
+    assert (suspend.reason, suspend.details) == ("runaway", {"sessions_ended": 0, "escalations_cancelled": 0})
     assert audit_verify().ok
 
 

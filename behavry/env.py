@@ -131,6 +131,10 @@ def _sqlite(path: Path) -> dict:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
+        # Tests use a file too, not Django's shared in-memory database: that one takes table
+        # locks that ignore the busy timeout, so concurrent tests would fail where the embedded
+        # default (a WAL file) queues writers.
+        "TEST": {"NAME": str(path.with_name(f"test-{path.stem}.sqlite3"))},
     }
 
 

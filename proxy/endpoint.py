@@ -300,16 +300,22 @@ class McpEndpoint:
                 step = asyncio.ensure_future(anext(stream))
                 done, _ = await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
                 if step not in done:
-                    if req.era == "legacy" and not cancelled.is_set():
+                    is_cancel = req.era == "modern" or cancelled.is_set()
+                    if not is_cancel and reply.drain_on_disconnect:
                         _background(_drain_stream(step, stream))  # finish upstream, audit, discard
                         handed_off = True
                     else:
                         step.cancel()
+                        if is_cancel and reply.on_cancel is not None:
+                            await asyncio.shield(reply.on_cancel())
                     break
                 try:
                     message = step.result()
                 except StopAsyncIteration:
                     break
+                if message is handlers.KEEPALIVE:
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                    continue
                 data = json.dumps(message, ensure_ascii=False)
                 await send(
                     {

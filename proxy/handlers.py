@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +80,15 @@ class Reply:
     status: int = 200
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    stream: AsyncIterator[dict[str, Any]] | None = None
+    stream: AsyncIterator[Any] | None = None
+    # Called when the agent cancels (2026-07-28 disconnect or notifications/cancelled) mid-stream.
+    on_cancel: Callable[[], Awaitable[None]] | None = None
+    # False for held escalations: a 2025-era disconnect leaves the escalation pending for a retry
+    # instead of waiting on in the background.
+    drain_on_disconnect: bool = True
+
+
+KEEPALIVE = object()  # yielded by a stream to send an SSE comment line
 
 
 # --- upstream plumbing ---------------------------------------------------------------------------
@@ -328,14 +336,36 @@ async def handle_tools_call(req: McpRequest) -> Reply:
         stats["fail_closed"] += 1
         return Reply(body=_result(req, msg_id, denial_result(fail_closed(f"audit unavailable: {type(exc).__name__}"))))
 
+    if decision.decision == "escalate":
+        from proxy.hold import hold_for_approval  # the hold needs the forwarding below
+
+        return await hold_for_approval(
+            req,
+            tool=tool,
+            arguments=arguments,
+            action=action,
+            resource=resource,
+            decision=decision,
+            request_id=request_id,
+        )
     if decision.decision != "allow":
-        if decision.decision == "escalate":
-            # Holding for a human arrives with the escalations issue; until then an escalate
-            # decision must not pass, so it is reported as a denial naming the rule.
-            decision = Decision(
-                "deny", decision.policy_id, f"{decision.reason} (approval required; escalations are not enabled)"
-            )
         return Reply(body=_result(req, msg_id, denial_result(decision)))
+    return await forward_call(
+        req,
+        tool=tool,
+        action=action,
+        resource=resource,
+        policy_id=decision.policy_id,
+        request_id=request_id,
+        started=started,
+    )
+
+
+async def forward_call(
+    req: McpRequest, *, tool: str, action: str, resource: str, policy_id: str, request_id: str, started: float
+) -> Reply:
+    """Send an allowed call upstream and audit its outcome (the decision event is already committed)."""
+    msg_id = req.message["id"]
 
     async def outcome(message: dict[str, Any] | None, status: str, reason: str = "") -> None:
         result = (message or {}).get("result") or {}
@@ -345,7 +375,7 @@ async def handle_tools_call(req: McpRequest) -> Reply:
             action=action,
             resource=resource,
             decision="allow",
-            policy_id=decision.policy_id,
+            policy_id=policy_id,
             request_id=request_id,
             reason=reason,
             latency_ms=(time.perf_counter() - started) * 1000,

@@ -28,6 +28,7 @@ class AgentIdentity:
     roles: frozenset[str]
     risk_tier: str
     token_id: int
+    max_hold_seconds: int = 50
 
     # Audit events take "anything with pk and name" as the agent.
     @property
@@ -78,6 +79,7 @@ def identity_for_token(raw: str) -> AgentIdentity | None:
             roles=frozenset(agent.roles.values_list("name", flat=True)),
             risk_tier=agent.risk_tier,
             token_id=token.pk,
+            max_hold_seconds=agent.max_hold_seconds,
         )
     _identities.put(key, identity)
     return identity

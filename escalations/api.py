@@ -1,0 +1,117 @@
+"""REST API for escalations: list, approve, deny, bulk. Deciding needs the approver role."""
+
+from __future__ import annotations
+
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from accounts.permissions import IsApprover, IsViewer
+from behavry.actors import actor_for
+from behavry.errors import Conflict
+from escalations.models import Escalation
+from escalations.services import escalation_approve, escalation_deny
+
+
+def _actor(request):
+    return actor_for(request.auth if request.auth is not None else request.user)
+
+
+class EscalationSerializer(serializers.ModelSerializer):
+    agent_name = serializers.CharField(source="agent.name", read_only=True)
+
+    class Meta:
+        model = Escalation
+        fields = [
+            "id",
+            "status",
+            "agent",
+            "agent_name",
+            "server",
+            "tool",
+            "action",
+            "resource",
+            "arguments",
+            "policy_id",
+            "reason",
+            "risk_tier",
+            "created_at",
+            "deadline",
+            "decided_at",
+            "decided_by",
+            "note",
+            "create_exception",
+            "exception_id",
+            "forwarded_at",
+        ]
+        read_only_fields = fields
+
+
+class DecisionSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    create_exception = serializers.BooleanField(required=False, default=False)
+
+
+class BulkSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=10_000)
+    decision = serializers.ChoiceField(choices=["approve", "deny"])
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    create_exception = serializers.BooleanField(required=False, default=False)
+
+
+class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Escalations, newest first. `?status=pending` is the approver's queue."""
+
+    queryset = Escalation.objects.select_related("agent")
+    serializer_class = EscalationSerializer
+    permission_classes = [IsViewer]
+    filterset_fields = ["status", "agent", "server", "tool", "risk_tier"]
+
+    def _decision(self, request) -> dict:
+        serializer = DecisionSerializer(data=request.data if isinstance(request.data, dict) else {"note": None})
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    @action(detail=True, methods=["post"], permission_classes=[IsApprover])
+    def approve(self, request, pk=None):
+        data = self._decision(request)
+        escalation = escalation_approve(
+            escalation=self.get_object(),
+            by=_actor(request),
+            note=data["note"],
+            create_exception=data["create_exception"],
+        )
+        return Response(EscalationSerializer(escalation).data)
+
+    @action(detail=True, methods=["post"], permission_classes=[IsApprover])
+    def deny(self, request, pk=None):
+        data = self._decision(request)
+        escalation = escalation_deny(escalation=self.get_object(), by=_actor(request), note=data["note"])
+        return Response(EscalationSerializer(escalation).data)
+
+    @action(detail=False, methods=["post"], permission_classes=[IsApprover])
+    def bulk(self, request):
+        """Decide many at once. Each id is decided on its own; already-decided ones are reported."""
+        serializer = BulkSerializer(data=request.data if isinstance(request.data, dict) else {})
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        by = _actor(request)
+        found = {e.pk: e for e in Escalation.objects.filter(pk__in=data["ids"]).select_related("agent")}
+        results = []
+        for escalation_id in dict.fromkeys(data["ids"]):
+            escalation = found.get(escalation_id)
+            if escalation is None:
+                results.append({"id": escalation_id, "result": "not_found"})
+                continue
+            try:
+                if data["decision"] == "approve":
+                    escalation_approve(
+                        escalation=escalation, by=by, note=data["note"], create_exception=data["create_exception"]
+                    )
+                else:
+                    escalation_deny(escalation=escalation, by=by, note=data["note"])
+                results.append({"id": escalation_id, "result": data["decision"] + "d"})
+            except Conflict as exc:
+                results.append({"id": escalation_id, "result": "conflict", "message": exc.message})
+        decided = sum(1 for r in results if r["result"] in ("approved", "denied"))
+        return Response({"decided": decided, "results": results}, status=status.HTTP_200_OK)

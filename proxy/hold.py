@@ -1,0 +1,259 @@
+"""Holding an escalated call until a human decides, the deadline passes, or the agent gives up.
+
+The agent's request is answered as SSE at once. While it waits the stream carries a `: keepalive`
+comment and, if the request had a progressToken, a `notifications/progress` at least every
+KEEPALIVE_SECONDS. The decision arrives on the channel layer group `escalation.<id>`; the row is
+re-read at least every BEHAVRY_ESCALATION_RECHECK_SECONDS whatever the layer does, so a lost
+message or a dead Redis costs at most that. No database connection or transaction is held while
+waiting: each read is its own short step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from behavry.errors import Conflict
+from escalations.models import Escalation, EscalationStatus
+from escalations.notify import escalation_group
+from escalations.services import escalation_cancel, escalation_claim_forward, escalation_expire, escalation_open
+from policies.engine import Decision
+from proxy.handlers import KEEPALIVE, McpRequest, Reply, _result, denial_result, forward_call, record, record_outcome
+
+logger = logging.getLogger("behavry.proxy.hold")
+
+KEEPALIVE_SECONDS = 10.0
+_held = 0  # requests held in this process, capped by BEHAVRY_MAX_HELD_REQUESTS
+
+
+def pending_result(escalation: Escalation) -> dict[str, Any]:
+    text = (
+        f"Approval pending: escalation {escalation.pk} is waiting for a human ({escalation.reason}). "
+        "Retry the same call to keep waiting or to get the decision."
+    )
+    return {
+        "content": [{"type": "text", "text": text}],
+        "isError": True,
+        "structuredContent": {
+            "behavry": {
+                "decision": "escalate",
+                "policy_id": escalation.policy_id,
+                "reason": escalation.reason,
+                "escalation_id": escalation.pk,
+            }
+        },
+    }
+
+
+def decided_denial(escalation: Escalation) -> dict[str, Any]:
+    if escalation.status == EscalationStatus.DENIED:
+        reason = f"Escalation {escalation.pk} was denied by {escalation.decided_by}" + (
+            f": {escalation.note}" if escalation.note else "."
+        )
+        policy_id = "escalation.denied"
+    elif escalation.status == EscalationStatus.EXPIRED:
+        reason, policy_id = f"Escalation {escalation.pk} expired without a decision.", "escalation.expired"
+    elif escalation.status == EscalationStatus.APPROVED:
+        reason = f"Escalation {escalation.pk} was approved and already carried out by another request."
+        policy_id = "escalation.already_forwarded"
+    else:
+        reason = f"Escalation {escalation.pk} was cancelled: {escalation.note or 'no reason given'}"
+        policy_id = "escalation.cancelled"
+    return denial_result(Decision("deny", policy_id, reason), escalation_id=escalation.pk)
+
+
+def _read(escalation_id: int) -> Escalation:
+    return Escalation.objects.get(pk=escalation_id)
+
+
+async def hold_for_approval(
+    req: McpRequest,
+    *,
+    tool: str,
+    arguments: dict[str, Any],
+    action: str,
+    resource: str,
+    decision: Decision,
+    request_id: str,
+) -> Reply:
+    """Open (or attach to) the escalation and return the SSE reply that waits on it."""
+    msg_id = req.message["id"]
+    escalation, _created = await database_sync_to_async(escalation_open)(
+        agent_id=req.identity.agent_id,
+        server=req.target.slug,
+        tool=tool,
+        action=action,
+        resource=resource,
+        arguments=arguments,
+        policy_id=decision.policy_id,
+        reason=decision.reason,
+        risk_tier=req.identity.risk_tier,
+        request_id=request_id,
+        session=req.session.pk if req.session is not None else "",
+    )
+    if _held >= settings.BEHAVRY_MAX_HELD_REQUESTS:
+        # At the cap, answer "pending" at once; the escalation stands and a retry attaches to it.
+        return Reply(body=_result(req, msg_id, pending_result(escalation)))
+    progress_token = ((req.message.get("params") or {}).get("_meta") or {}).get("progressToken")
+
+    async def on_cancel() -> None:
+        with contextlib.suppress(Conflict):  # already decided: nothing to cancel
+            await database_sync_to_async(escalation_cancel)(
+                escalation=escalation, reason="The agent cancelled the call."
+            )
+
+    return Reply(
+        stream=_wait(req, escalation, tool, action, resource, request_id, progress_token),
+        on_cancel=on_cancel,
+        drain_on_disconnect=False,
+    )
+
+
+async def _wait(
+    req: McpRequest,
+    escalation: Escalation,
+    tool: str,
+    action: str,
+    resource: str,
+    request_id: str,
+    progress_token: Any,
+) -> AsyncIterator[Any]:
+    """1. Subscribe to escalation.<id>. 2. Loop: re-read the row; act on a decision; expire at the
+    deadline; give up at max_hold_seconds; otherwise wait for a message or the next re-check,
+    sending keepalives and progress. 3. Unsubscribe."""
+    global _held
+    msg_id = req.message["id"]
+    layer = get_channel_layer()
+    channel = None
+    if layer is not None:
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(escalation_group(escalation.pk), channel)
+        except Exception:
+            logger.warning("channel layer unavailable; escalation %s relies on re-reads", escalation.pk, exc_info=True)
+            channel = None
+    started = time.monotonic()
+    last_sign_of_life = started
+    progress = 0
+    recheck = float(settings.BEHAVRY_ESCALATION_RECHECK_SECONDS)
+    max_hold = float(req.identity.max_hold_seconds)
+    _held += 1
+    try:
+        while True:
+            current = await database_sync_to_async(_read)(escalation.pk)
+            if current.status == EscalationStatus.APPROVED:
+                if await database_sync_to_async(escalation_claim_forward)(escalation_id=current.pk):
+                    async for message in _forward_approved(req, current, tool, action, resource):
+                        yield message
+                    return
+                yield _result(req, msg_id, decided_denial(current))
+                return
+            if current.status != EscalationStatus.PENDING:
+                await _record_held_outcome(req, tool, request_id, current.status, started)
+                yield _result(req, msg_id, decided_denial(current))
+                return
+            now = timezone.now()
+            if now >= current.deadline:
+                try:
+                    current = await database_sync_to_async(escalation_expire)(escalation=current)
+                except Conflict:
+                    continue  # decided at the same moment: re-read and act on it
+                await _record_held_outcome(req, tool, request_id, current.status, started)
+                yield _result(req, msg_id, decided_denial(current))
+                return
+            held_for = time.monotonic() - started
+            if held_for >= max_hold:
+                await _record_held_outcome(req, tool, request_id, "pending", started)
+                yield _result(req, msg_id, pending_result(current))
+                return
+            timeout = min(
+                recheck,
+                (current.deadline - now).total_seconds(),
+                max_hold - held_for,
+                KEEPALIVE_SECONDS - (time.monotonic() - last_sign_of_life),
+            )
+            await _wait_for_message(layer, channel, max(timeout, 0.01))
+            if time.monotonic() - last_sign_of_life >= KEEPALIVE_SECONDS - 0.05:
+                last_sign_of_life = time.monotonic()
+                yield KEEPALIVE
+                if progress_token is not None:
+                    progress += 1
+                    yield {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {
+                            "progressToken": progress_token,
+                            "progress": progress,
+                            "message": f"Waiting for approval (escalation {escalation.pk})",
+                        },
+                    }
+    finally:
+        _held -= 1
+        if channel is not None:
+            try:
+                await asyncio.shield(layer.group_discard(escalation_group(escalation.pk), channel))
+            except Exception:
+                logger.debug("group_discard failed", exc_info=True)
+
+
+async def _wait_for_message(layer, channel, timeout: float) -> None:
+    if channel is None:
+        await asyncio.sleep(timeout)
+        return
+    try:
+        await asyncio.wait_for(layer.receive(channel), timeout=timeout)
+    except TimeoutError:
+        return
+    except Exception:
+        logger.warning("channel layer receive failed; falling back to re-reads", exc_info=True)
+        await asyncio.sleep(timeout)
+
+
+async def _forward_approved(req: McpRequest, escalation: Escalation, tool: str, action: str, resource: str):
+    """The approved call: audited as allowed under escalation.<id>, then forwarded like any other."""
+    import uuid
+
+    request_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    policy_id = f"escalation.{escalation.pk}"
+    await record(
+        req,
+        kind="decision",
+        tool=tool,
+        action=action,
+        resource=resource,
+        decision="allow",
+        policy_id=policy_id,
+        reason=f"Approved by {escalation.decided_by}" + (f": {escalation.note}" if escalation.note else ""),
+        request_id=request_id,
+        arguments=(req.message.get("params") or {}).get("arguments") or {},
+        details={"escalation_id": escalation.pk, "exception_id": escalation.exception_id},
+    )
+    reply = await forward_call(
+        req, tool=tool, action=action, resource=resource, policy_id=policy_id, request_id=request_id, started=started
+    )
+    if reply.stream is None:
+        yield reply.body
+        return
+    async for message in reply.stream:
+        yield message
+
+
+async def _record_held_outcome(req: McpRequest, tool: str, request_id: str, status: str, started: float) -> None:
+    await record_outcome(
+        req,
+        tool=tool,
+        decision="escalate",
+        request_id=request_id,
+        latency_ms=(time.monotonic() - started) * 1000,
+        details={"status": status},
+    )

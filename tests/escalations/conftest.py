@@ -1,0 +1,9 @@
+from tests.proxy.conftest import (  # noqa: F401 - shared live-Behavry fixtures
+    _fresh_proxy_caches,
+    agent,
+    agent_and_token,
+    behavry_url,
+    demo_server,
+    starter_policies,
+    token,
+)

@@ -81,7 +81,38 @@ def canonical_json(value: Any) -> str:
 
 
 def event_hash(fields: dict[str, Any], previous_hash: str) -> str:
+    """The reference definition: sha256 over canonical_json(fields) + previous_hash."""
     return hashlib.sha256((canonical_json(fields) + previous_hash).encode("utf-8")).hexdigest()
+
+
+JSON_FIELDS = ("arguments", "trace", "dlp_findings", "details")
+_SORTED_FIELDS = tuple(sorted(HASHED_FIELDS))
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("audit fields cannot hold NaN or infinity")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, datetime):
+        return '"' + timestamp_text(value) + '"'
+    return _dumps(value)
+
+
+def event_hash_from_text(values: dict[str, Any], previous_hash: str) -> str:
+    """The same hash as event_hash(), built from stored text without parsing JSON.
+
+    `values` holds the scalar columns as Python values and the JSON columns as their stored
+    canonical text. Joining `"key":value` pairs in sorted key order with no whitespace is exactly
+    what canonical_json() produces for the whole dict, so the two functions agree byte for byte
+    (a test holds them to it).
+    """
+    parts = []
+    for key in _SORTED_FIELDS:
+        value = values[key]
+        parts.append(f'"{key}":{value if key in JSON_FIELDS else _scalar_text(value)}')
+    return hashlib.sha256(("{" + ",".join(parts) + "}" + previous_hash).encode("utf-8")).hexdigest()
 
 
 @lru_cache(maxsize=4)

@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from audit.fields import CanonicalJSONField
+
 GENESIS_HASH = "0" * 64
 
 
@@ -43,10 +45,10 @@ class AuditEvent(models.Model):
     request_id = models.CharField(max_length=100, blank=True)
     actor = models.CharField(max_length=300, blank=True, help_text="kind:name of who acted")
     latency_ms = models.FloatField(null=True, blank=True)
-    arguments = models.JSONField(default=dict, blank=True, help_text="Tool arguments, redacted.")
-    trace = models.JSONField(default=list, blank=True, help_text="Policy decision trace.")
-    dlp_findings = models.JSONField(default=list, blank=True, help_text="Finding type plus salted hash, never raw.")
-    details = models.JSONField(default=dict, blank=True)
+    arguments = CanonicalJSONField(default=dict, blank=True, help_text="Tool arguments, redacted.")
+    trace = CanonicalJSONField(default=list, blank=True, help_text="Policy decision trace.")
+    dlp_findings = CanonicalJSONField(default=list, blank=True, help_text="Finding type plus salted hash, never raw.")
+    details = CanonicalJSONField(default=dict, blank=True)
     previous_hash = models.CharField(max_length=64)
     event_hash = models.CharField(max_length=64)
 

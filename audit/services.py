@@ -12,20 +12,22 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.chain import (
     ADMIN_CHAIN,
+    HASHED_FIELDS,
+    JSON_FIELDS,
     agent_chain,
     canonical_json,
     checkpoint_signature,
-    event_hash,
+    event_hash_from_text,
     finding_hash,
     head_signature,
 )
 from audit.db import retention_delete_window
-from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditKind
+from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent, AuditKind
 from audit.redaction import clean_text, redact_arguments
 from behavry.actors import SYSTEM, Actor
 
@@ -78,7 +80,7 @@ def audit_record(
 
     1. Redact arguments and hash DLP matches (raw values never reach the table).
     2. In one transaction: lock the chain head, number the event head.seq + 1, hash it onto
-       head.last_hash, insert it, move and re-sign the head.
+       head.last_hash, insert it, move and re-sign the head (see _append).
     3. With `durable=True` (the tool-call path) this must be the outermost transaction, so the
        event is committed when the function returns. Called inside a service's transaction it
        commits together with the change it records, or not at all.
@@ -122,22 +124,66 @@ def audit_record(
 
     try:
         with transaction.atomic(durable=durable):
-            head = _lock_head(fields["chain"])
-            fields["seq"] = head.seq + 1
-            fields["timestamp"] = timezone.now()
-            digest = event_hash(fields, head.last_hash)
-            event = AuditEvent(**fields, previous_hash=head.last_hash, event_hash=digest)
-            event.save(force_insert=True)
-            AuditChainHead.objects.filter(chain=head.chain).update(
-                seq=event.seq,
-                last_hash=digest,
-                signature=head_signature(head.chain, event.seq, digest),
-                updated_at=fields["timestamp"],
-            )
+            event = _append(fields)
     except DatabaseError as exc:
         logger.error("audit write failed: %s", exc)
         raise AuditWriteError(f"audit write failed: {exc}") from exc
     return event
+
+
+_EVENT_COLUMNS = (*HASHED_FIELDS, "previous_hash", "event_hash")
+# Column names are module constants, never input: the S608 warnings below are about f-strings only.
+_INSERT_SQL = (
+    f"INSERT INTO audit_auditevent ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(['%s'] * len(_EVENT_COLUMNS))}) RETURNING id"
+)
+_CLAIM_SQL = "UPDATE audit_auditchainhead SET seq = seq + 1 WHERE chain = %s RETURNING seq, last_hash"
+_NEW_HEAD_SQL = (
+    "INSERT INTO audit_auditchainhead (chain, seq, last_hash, signature, updated_at) "
+    "VALUES (%s, 0, %s, '', %s) ON CONFLICT (chain) DO NOTHING"
+)
+_MOVE_HEAD_SQL = "UPDATE audit_auditchainhead SET last_hash = %s, signature = %s, updated_at = %s WHERE chain = %s"
+
+
+def _append(fields: dict[str, Any]) -> AuditEvent:
+    """Append inside the caller's transaction in three round trips (this is on every tool call).
+
+    1. Claim the next seq and read the previous hash with one UPDATE ... RETURNING, which also
+       row-locks the chain head until commit (creating the head on a chain's first event).
+    2. Hash the event onto the previous hash, from the canonical text that will be stored.
+    3. Insert the event and move the signed head (one statement on PostgreSQL).
+    """
+    chain = fields["chain"]
+    ops = connection.ops
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [chain])
+        row = cursor.fetchone()
+        if row is None:
+            now = ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(_NEW_HEAD_SQL, [chain, GENESIS_HASH, now])
+            cursor.execute(_CLAIM_SQL, [chain])
+            row = cursor.fetchone()
+        seq, previous_hash = row
+        timestamp = timezone.now()
+        texts = {name: canonical_json(fields[name]) for name in JSON_FIELDS}
+        values = {**fields, **texts, "seq": seq, "timestamp": timestamp}
+        digest = event_hash_from_text(values, previous_hash)
+        params = [
+            ops.adapt_datetimefield_value(timestamp) if name == "timestamp" else values[name] for name in HASHED_FIELDS
+        ]
+        params += [previous_hash, digest]
+        head = [digest, head_signature(chain, seq, digest), ops.adapt_datetimefield_value(timestamp), chain]
+        if connection.vendor == "postgresql":
+            statement = f"WITH ins AS ({_INSERT_SQL}) {_MOVE_HEAD_SQL} RETURNING (SELECT id FROM ins)"  # noqa: S608
+            cursor.execute(statement, params + head)
+            event_id = cursor.fetchone()[0]
+        else:
+            cursor.execute(_INSERT_SQL, params)
+            event_id = cursor.fetchone()[0]
+            cursor.execute(_MOVE_HEAD_SQL, head)
+    return AuditEvent(
+        id=event_id, **{**fields, "seq": seq, "timestamp": timestamp}, previous_hash=previous_hash, event_hash=digest
+    )
 
 
 def audit_admin(

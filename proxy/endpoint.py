@@ -295,11 +295,15 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         stream = reply.stream
         handed_off = False
+        responded = False
         try:
             while True:
                 step = asyncio.ensure_future(anext(stream))
                 done, _ = await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
                 if step not in done:
+                    if responded:  # the answer is out; a hang-up now cancels nothing
+                        step.cancel()
+                        break
                     is_cancel = req.era == "modern" or cancelled.is_set()
                     if not is_cancel and reply.drain_on_disconnect:
                         _background(_drain_stream(step, stream))  # finish upstream, audit, discard
@@ -324,6 +328,8 @@ class McpEndpoint:
                         "more_body": True,
                     }
                 )
+                if message.get("id") == req.message["id"] and ("result" in message or "error" in message):
+                    responded = True
             if not cancelled.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

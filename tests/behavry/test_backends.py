@@ -3,7 +3,8 @@
 import os
 
 import pytest
-from channels.layers import get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import channel_layers
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
@@ -17,7 +18,8 @@ def test_the_database_is_the_configured_one(db):
 
 
 async def test_the_channel_layer_delivers_a_message_to_a_group():
-    layer = get_channel_layer()
+    # A fresh instance: the process-wide one may already be bound to the live server's event loop.
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
     channel = await layer.new_channel()
     await layer.group_add("escalation.test", channel)
     await layer.group_send("escalation.test", {"type": "decision", "status": "approved"})

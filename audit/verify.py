@@ -18,7 +18,7 @@ from typing import Any
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
-from audit.chain import HASHED_FIELDS, agent_chain, checkpoint_signature_ok, event_hash_from_text, head_signature_ok
+from audit.chain import HASHED_FIELDS, agent_chain, checkpoint_signature_ok, head_signature_ok, make_row_hasher
 from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
 
 BATCH = 5000
@@ -65,8 +65,14 @@ _SEQ = _COLUMNS.index("seq")
 _TIMESTAMP = _COLUMNS.index("timestamp")
 
 
+_ID = _COLUMNS.index("id")
+_PREVIOUS = _COLUMNS.index("previous_hash")
+_HASH = _COLUMNS.index("event_hash")
+_row_hash = make_row_hasher(_COLUMNS)
+
+
 def _rows(chain: str, from_seq: int):
-    """Events of `chain` with seq >= from_seq as dicts, in seq order, fetched in keyset batches."""
+    """Event rows (tuples in _COLUMNS order) of `chain` with seq >= from_seq, in keyset batches."""
     last = from_seq - 1
     while True:
         with connection.cursor() as cursor:
@@ -75,14 +81,11 @@ def _rows(chain: str, from_seq: int):
         if not batch:
             return
         for row in batch:
-            row = list(row)
             stamp = row[_TIMESTAMP]
-            if isinstance(stamp, str):  # SQLite hands back text
-                stamp = parse_datetime(stamp)
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            row[_TIMESTAMP] = stamp
-            yield dict(zip(_COLUMNS, row, strict=True))
+            if isinstance(stamp, str) or stamp.tzinfo is None:  # SQLite hands back naive UTC text
+                stamp = parse_datetime(stamp) if isinstance(stamp, str) else stamp
+                row = (*row[:_TIMESTAMP], stamp.replace(tzinfo=UTC), *row[_TIMESTAMP + 1 :])
+            yield row
         last = batch[-1][_SEQ]
 
 
@@ -109,24 +112,18 @@ def verify_chain(chain: str, *, since: datetime | None = None) -> tuple[int, Bro
     checked = 0
     last_seq, last_hash = expected_seq - 1, expected_prev
     for row in _rows(chain, expected_seq):
-        seq = row["seq"]
+        seq, event_id = row[_SEQ], row[_ID]
         if seq != last_seq + 1:
-            return (
-                checked,
-                Broken(chain, f"sequence gap: expected #{last_seq + 1}, found #{seq} (rows deleted)", row["id"], seq),
-                None,
-            )
-        if row["previous_hash"] != last_hash:
+            reason = f"sequence gap: expected #{last_seq + 1}, found #{seq} (rows deleted)"
+            return checked, Broken(chain, reason, event_id, seq), None
+        if row[_PREVIOUS] != last_hash:
             reason = "previous_hash does not match the preceding event (rows reordered, inserted or deleted)"
-            return checked, Broken(chain, reason, row["id"], seq), None
-        if event_hash_from_text(row, row["previous_hash"]) != row["event_hash"]:
-            return (
-                checked,
-                Broken(chain, "event_hash does not match the stored fields (event modified)", row["id"], seq),
-                None,
-            )
+            return checked, Broken(chain, reason, event_id, seq), None
+        if _row_hash(row) != row[_HASH]:
+            reason = "event_hash does not match the stored fields (event modified)"
+            return checked, Broken(chain, reason, event_id, seq), None
         checked += 1
-        last_seq, last_hash = seq, row["event_hash"]
+        last_seq, last_hash = seq, row[_HASH]
 
     head = AuditChainHead.objects.filter(chain=chain).first()
     if head is None and checked == 0 and checkpoint is None:

@@ -14,7 +14,6 @@ at the end. --reuse skips steps 1-2 when the table already holds the generated e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -152,7 +151,7 @@ def _hash_worker(
     setup_django(migrate=False)
     from types import SimpleNamespace
 
-    from audit.chain import agent_chain, event_hash
+    from audit.chain import agent_chain, canonical_json, event_hash
     from audit.models import GENESIS_HASH
 
     chains = len(agents)
@@ -177,7 +176,7 @@ def _hash_worker(
             fields["previous_hash"], fields["event_hash"] = previous, digest
             lines.append(
                 "\t".join(
-                    _copy_text(json.dumps(fields[k], ensure_ascii=False) if k in JSON_FIELDS else fields[k])
+                    _copy_text(canonical_json(fields[k]) if k in JSON_FIELDS else fields[k])
                     for k in COPY_COLUMNS
                 )
                 + "\n"

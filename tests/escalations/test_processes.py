@@ -27,10 +27,11 @@ pytestmark = [
 def start_daphne(redis_url: str) -> tuple[subprocess.Popen, str]:
     settings = connection.settings_dict
     port = free_port()
+    host, db_port = settings["HOST"] or "127.0.0.1", settings["PORT"] or 5432
     env = {
         **os.environ,
         # The subprocess talks to the test database directly (its data is committed: transactional test).
-        "DATABASE_URL": f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}",
+        "DATABASE_URL": f"postgres://{settings['USER']}@{host}:{db_port}/{settings['NAME']}",
         "REDIS_URL": redis_url,
     }
     proc = subprocess.Popen(

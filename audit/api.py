@@ -15,37 +15,14 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
+from audit.chain import HASHED_FIELDS, JSON_FIELDS
 from audit.models import AuditEvent, AuditKind
 from audit.selectors import audit_event_batches_async
 from audit.verify import audit_verify
 
-EXPORT_COLUMNS = (
-    "id",
-    "chain",
-    "seq",
-    "timestamp",
-    "kind",
-    "agent_id",
-    "agent_name",
-    "session",
-    "server",
-    "tool",
-    "action",
-    "resource",
-    "decision",
-    "policy_id",
-    "reason",
-    "request_id",
-    "actor",
-    "latency_ms",
-    "arguments",
-    "trace",
-    "dlp_findings",
-    "details",
-    "previous_hash",
-    "event_hash",
-)
-JSON_COLUMNS = {"arguments", "trace", "dlp_findings", "details"}
+# Everything needed to re-verify an export offline: the hashed fields plus both hashes.
+EXPORT_COLUMNS = ("id", *HASHED_FIELDS, "previous_hash", "event_hash")
+JSON_COLUMNS = set(JSON_FIELDS)
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

@@ -53,6 +53,13 @@ async def post(url, body, headers):
         return await http.post(url, content=content, headers=headers)
 
 
+async def initialize(url, token):
+    """A raw 2025-11-25 initialize; the response carries the Mcp-Session-Id header."""
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    return await post(url, body, {"Authorization": f"Bearer {token}", "Accept": ACCEPT})
+
+
 @pytest.fixture
 def url(behavry_url):
     return f"{behavry_url}/mcp/demo"
@@ -97,20 +104,7 @@ async def test_a_revoked_token_is_refused_on_the_next_request(url, agent, token,
 
 async def test_a_suspended_agent_is_403_and_its_session_is_gone(behavry_url, url, agent, token, monkeypatch):
     monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)
-    init = await post(
-        url,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
-    )
+    init = await initialize(url, token)
     session_id = init.headers["mcp-session-id"]
     other_agent_token = await run_in_thread(_other_agent_token)
     await run_in_thread(agent_suspend, agent=agent, reason="test", by=TEST_ACTOR)
@@ -264,20 +258,7 @@ async def test_odd_unicode_and_bad_params_never_crash_and_are_never_forwarded(ur
 
 
 async def test_a_delete_ends_the_session(url, token):
-    init = await post(
-        url,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
-    )
+    init = await initialize(url, token)
     session_id = init.headers["mcp-session-id"]
     headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
     async with httpx.AsyncClient() as http:
@@ -292,20 +273,7 @@ async def test_a_get_stream_needs_a_session_and_a_2025_era_upstream(url, token):
         assert (await http.get(url, headers=headers)).status_code == 405
         assert (await http.get(url, headers={**headers, "Mcp-Session-Id": "nope"})).status_code == 404
         assert (await http.get(url, headers={**headers, "Accept": "application/json"})).status_code == 406
-    init = await post(
-        url,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        {"Authorization": f"Bearer {token}", "Accept": ACCEPT},
-    )
+    init = await initialize(url, token)
     async with httpx.AsyncClient(timeout=10) as http:
         # the demo upstream speaks 2026-07-28, which has no GET stream to relay
         response = await http.get(url, headers={**headers, "Mcp-Session-Id": init.headers["mcp-session-id"]})

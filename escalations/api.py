@@ -110,7 +110,9 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
                     )
                 else:
                     escalation_deny(escalation=escalation, by=by, note=data["note"])
-                results.append({"id": escalation_id, "result": data["decision"] + "d"})
+                results.append(
+                    {"id": escalation_id, "result": {"approve": "approved", "deny": "denied"}[data["decision"]]}
+                )
             except Conflict as exc:
                 results.append({"id": escalation_id, "result": "conflict", "message": exc.message})
         decided = sum(1 for r in results if r["result"] in ("approved", "denied"))

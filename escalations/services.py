@@ -22,6 +22,7 @@ from behavry.actors import SYSTEM, Actor
 from behavry.errors import Conflict
 from escalations.models import Escalation, EscalationStatus
 from escalations.notify import notify
+from policies.models import PolicyException
 from policies.services import exception_create
 
 # A retry of a call whose escalation was denied or expired this recently gets that answer at once.
@@ -98,8 +99,8 @@ def _attachable(digest: str) -> Escalation | None:
         return None
     if latest.status == EscalationStatus.PENDING:
         return latest
-    if latest.status == EscalationStatus.APPROVED and latest.forwarded_at is None:
-        return latest
+    if latest.status == EscalationStatus.APPROVED and latest.forwarded_at is None and timezone.now() < latest.deadline:
+        return latest  # an approval stays usable by a retry until the escalation's deadline
     recently_decided = latest.decided_at is not None and timezone.now() - latest.decided_at < DECIDED_REPLAY
     if latest.status in (EscalationStatus.DENIED, EscalationStatus.EXPIRED) and recently_decided:
         return latest
@@ -118,6 +119,21 @@ def _transition(escalation: Escalation, status: str, **fields: Any) -> Escalatio
     return escalation
 
 
+def _active_exception(escalation: Escalation) -> PolicyException | None:
+    now = timezone.now()
+    return (
+        PolicyException.objects.filter(
+            agent_id=escalation.agent_id,
+            server=escalation.server,
+            tool=escalation.tool,
+            resource=escalation.resource,
+            revoked_at__isnull=True,
+        )
+        .exclude(expires_at__lte=now)
+        .first()
+    )
+
+
 @transaction.atomic
 def escalation_approve(
     *, escalation: Escalation, by: Actor, note: str = "", create_exception: bool = False
@@ -126,7 +142,8 @@ def escalation_approve(
         escalation, EscalationStatus.APPROVED, decided_by=by.label, note=note or "", create_exception=create_exception
     )
     if create_exception:
-        exception = exception_create(
+        # Two held calls can differ only in arguments; the second approval reuses the exception.
+        exception = _active_exception(escalation) or exception_create(
             agent=escalation.agent,
             server=escalation.server,
             tool=escalation.tool,

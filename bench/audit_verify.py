@@ -176,8 +176,7 @@ def _hash_worker(
             fields["previous_hash"], fields["event_hash"] = previous, digest
             lines.append(
                 "\t".join(
-                    _copy_text(canonical_json(fields[k]) if k in JSON_FIELDS else fields[k])
-                    for k in COPY_COLUMNS
+                    _copy_text(canonical_json(fields[k]) if k in JSON_FIELDS else fields[k]) for k in COPY_COLUMNS
                 )
                 + "\n"
             )

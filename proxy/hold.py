@@ -3,9 +3,9 @@
 The agent's request is answered as SSE at once. While it waits the stream carries a `: keepalive`
 comment and, if the request had a progressToken, a `notifications/progress` at least every
 KEEPALIVE_SECONDS. The decision arrives on the channel layer group `escalation.<id>`; the row is
-re-read at least every BEHAVRY_ESCALATION_RECHECK_SECONDS whatever the layer does, so a lost
-message or a dead Redis costs at most that. No database connection or transaction is held while
-waiting: each read is its own short step.
+re-read at least every BEHAVRY_ESCALATION_RECHECK_SECONDS whatever the layer does (one batched
+query per process, see _Watcher), so a lost message or a dead Redis costs at most that. No
+database connection or transaction is held while waiting.
 """
 
 from __future__ import annotations
@@ -118,6 +118,100 @@ async def hold_for_approval(
     )
 
 
+class _Watcher:
+    """One per event loop: wakes held calls whose escalation changed.
+
+    Two sources, both shared by every held call in the process:
+    - one channel-layer channel that joins each held escalation's group and a single long-lived
+      receive loop (cancelling a channels_redis receive every few seconds loses messages);
+    - one query every RECHECK seconds over all held ids, so a lost message or a dead Redis costs
+      at most that, at one query per process rather than one per held call.
+    """
+
+    def __init__(self):
+        self.events: dict[int, set[asyncio.Event]] = {}
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    async def add(self, escalation_id: int, event: asyncio.Event) -> None:
+        self.events.setdefault(escalation_id, set()).add(event)
+        if not self.tasks or all(t.done() for t in self.tasks):
+            self.tasks = [asyncio.ensure_future(self._poll()), asyncio.ensure_future(self._listen())]
+        if self.layer is not None:
+            try:
+                if self.channel is None:
+                    self.channel = await self.layer.new_channel()
+                await self.layer.group_add(escalation_group(escalation_id), self.channel)
+            except Exception:
+                logger.warning(
+                    "channel layer unavailable; escalation %s relies on re-reads", escalation_id, exc_info=True
+                )
+
+    async def remove(self, escalation_id: int, event: asyncio.Event) -> None:
+        waiting = self.events.get(escalation_id)
+        if waiting is None:
+            return
+        waiting.discard(event)
+        if waiting:
+            return
+        del self.events[escalation_id]
+        if self.layer is not None and self.channel is not None:
+            try:
+                await self.layer.group_discard(escalation_group(escalation_id), self.channel)
+            except Exception:
+                logger.debug("group_discard failed", exc_info=True)
+
+    def wake(self, escalation_id: int) -> None:
+        for event in self.events.get(escalation_id, ()):
+            event.set()
+
+    async def _poll(self) -> None:
+        while self.events:
+            await asyncio.sleep(float(settings.BEHAVRY_ESCALATION_RECHECK_SECONDS))
+            ids = list(self.events)
+            try:
+                changed = await database_sync_to_async(_decided_ids)(ids)
+            except Exception:
+                logger.warning("escalation re-read failed; retrying", exc_info=True)
+                continue
+            for escalation_id in changed:
+                self.wake(escalation_id)
+
+    async def _listen(self) -> None:
+        while self.events and self.layer is not None:
+            if self.channel is None:
+                await asyncio.sleep(1)
+                continue
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("channel layer receive failed; re-reads cover it", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if isinstance(message.get("id"), int):
+                self.wake(message["id"])
+
+
+def _decided_ids(ids: list[int]) -> list[int]:
+    return list(
+        Escalation.objects.filter(pk__in=ids).exclude(status=EscalationStatus.PENDING).values_list("pk", flat=True)
+    )
+
+
+_watchers: dict[int, _Watcher] = {}
+
+
+def _watcher() -> _Watcher:
+    loop_id = id(asyncio.get_running_loop())
+    watcher = _watchers.get(loop_id)
+    if watcher is None:
+        watcher = _watchers[loop_id] = _Watcher()
+    return watcher
+
+
 async def _wait(
     req: McpRequest,
     escalation: Escalation,
@@ -127,29 +221,23 @@ async def _wait(
     request_id: str,
     progress_token: Any,
 ) -> AsyncIterator[Any]:
-    """1. Subscribe to escalation.<id>. 2. Loop: re-read the row; act on a decision; expire at the
-    deadline; give up at max_hold_seconds; otherwise wait for a message or the next re-check,
-    sending keepalives and progress. 3. Unsubscribe."""
+    """1. Register with the process's watcher. 2. Loop: act on the row (read only when woken);
+    expire at the deadline; give up at max_hold_seconds; otherwise sleep until woken or the next
+    keepalive. 3. Unregister."""
     global _held
     msg_id = req.message["id"]
-    layer = get_channel_layer()
-    channel = None
-    if layer is not None:
-        try:
-            channel = await layer.new_channel()
-            await layer.group_add(escalation_group(escalation.pk), channel)
-        except Exception:
-            logger.warning("channel layer unavailable; escalation %s relies on re-reads", escalation.pk, exc_info=True)
-            channel = None
+    watcher = _watcher()
+    woken = asyncio.Event()
+    await watcher.add(escalation.pk, woken)
     started = time.monotonic()
     last_sign_of_life = started
     progress = 0
-    recheck = float(settings.BEHAVRY_ESCALATION_RECHECK_SECONDS)
     max_hold = float(req.identity.max_hold_seconds)
+    current = escalation
     _held += 1
     try:
+        yield KEEPALIVE  # at once: some servers send the response head only with the first bytes
         while True:
-            current = await database_sync_to_async(_read)(escalation.pk)
             if current.status == EscalationStatus.APPROVED:
                 if await database_sync_to_async(escalation_claim_forward)(escalation_id=current.pk):
                     async for message in _forward_approved(req, current, tool, action, resource):
@@ -166,7 +254,8 @@ async def _wait(
                 try:
                     current = await database_sync_to_async(escalation_expire)(escalation=current)
                 except Conflict:
-                    continue  # decided at the same moment: re-read and act on it
+                    current = await database_sync_to_async(_read)(escalation.pk)  # decided meanwhile
+                    continue
                 await _record_held_outcome(req, tool, request_id, current.status, started)
                 yield _result(req, msg_id, decided_denial(current))
                 return
@@ -176,12 +265,16 @@ async def _wait(
                 yield _result(req, msg_id, pending_result(current))
                 return
             timeout = min(
-                recheck,
                 (current.deadline - now).total_seconds(),
                 max_hold - held_for,
                 KEEPALIVE_SECONDS - (time.monotonic() - last_sign_of_life),
             )
-            await _wait_for_message(layer, channel, max(timeout, 0.01))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), timeout=max(timeout, 0.01))
+            if woken.is_set():
+                woken.clear()
+                current = await database_sync_to_async(_read)(escalation.pk)
+                continue
             if time.monotonic() - last_sign_of_life >= KEEPALIVE_SECONDS - 0.05:
                 last_sign_of_life = time.monotonic()
                 yield KEEPALIVE
@@ -198,24 +291,7 @@ async def _wait(
                     }
     finally:
         _held -= 1
-        if channel is not None:
-            try:
-                await asyncio.shield(layer.group_discard(escalation_group(escalation.pk), channel))
-            except Exception:
-                logger.debug("group_discard failed", exc_info=True)
-
-
-async def _wait_for_message(layer, channel, timeout: float) -> None:
-    if channel is None:
-        await asyncio.sleep(timeout)
-        return
-    try:
-        await asyncio.wait_for(layer.receive(channel), timeout=timeout)
-    except TimeoutError:
-        return
-    except Exception:
-        logger.warning("channel layer receive failed; falling back to re-reads", exc_info=True)
-        await asyncio.sleep(timeout)
+        await asyncio.shield(watcher.remove(escalation.pk, woken))
 
 
 async def _forward_approved(req: McpRequest, escalation: Escalation, tool: str, action: str, resource: str):

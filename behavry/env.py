@@ -108,11 +108,13 @@ def parse_database_url(url: str, *, sqlite_default: Path, conn_max_age: int = 60
                 "PASSWORD": unquote(parts.password or ""),
                 "HOST": parts.hostname or "",
                 "PORT": str(port or ""),
-                # Reused connections with a health check: opening one per tool call would cost
-                # milliseconds on the hot path. Held requests do not keep one checked out: every
-                # ORM call runs in a short database_sync_to_async step.
+                # Reused connections: opening one per tool call would cost milliseconds on the hot
+                # path. No per-use health check either: with Channels' database_sync_to_async it
+                # adds a SELECT 1 round trip to every step. After a database restart the first
+                # step on a stale connection fails (and denies, fail closed), and Django then
+                # drops that connection. Held requests never keep a connection checked out.
                 "CONN_MAX_AGE": conn_max_age,
-                "CONN_HEALTH_CHECKS": True,
+                "CONN_HEALTH_CHECKS": False,
                 "OPTIONS": {"connect_timeout": 5},
             },
         )

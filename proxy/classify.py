@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,23 +21,39 @@ class Classification:
     known_tool: bool
 
 
+_CACHE_SECONDS = 1.0  # like identities: an admin's reclassification applies within a second
+_rows: dict[tuple[int, str], tuple[float, tuple[str, str] | None]] = {}
+
+
+def _catalog_row(server_id: int, tool: str) -> tuple[str, str] | None:
+    """(action, resource_argument) from the catalog, cached per process for at most a second."""
+    key = (server_id, tool)
+    entry = _rows.get(key)
+    now = time.monotonic()
+    if entry is not None and now - entry[0] < _CACHE_SECONDS:
+        return entry[1]
+    row = (
+        Tool.objects.filter(server_id=server_id, name=tool)
+        .only("default_action", "action_override", "resource_argument")
+        .first()
+    )
+    value = (row.action, row.resource_argument) if row is not None else None
+    if len(_rows) > 50_000:
+        _rows.clear()
+    _rows[key] = (now, value)
+    return value
+
+
 def classify_call(*, server_id: int | None, tool: str, arguments: dict[str, Any] | None) -> Classification:
     """Action from the catalog (an admin override wins), resource from the tool's resource argument.
 
     A tool missing from the catalog (never listed, or a hypothetical one in a simulation) is
     classified from its name alone, and its resource from the usual argument names.
     """
-    row = None
-    if server_id is not None:
-        row = (
-            Tool.objects.filter(server_id=server_id, name=tool)
-            .only("default_action", "action_override", "resource_argument")
-            .first()
-        )
+    row = _catalog_row(server_id, tool) if server_id is not None else None
     arguments = arguments if isinstance(arguments, dict) else {}
     if row is not None:
-        action = row.action
-        resource_argument = row.resource_argument
+        action, resource_argument = row
     else:
         action = tool_default_action(tool, {})
         resource_argument = tool_resource_argument({"properties": arguments})

@@ -26,7 +26,7 @@ from agents.services import agent_session_end
 from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
-from proxy.identity import identity_for_token, target_for_slug
+from proxy.identity import cached_identity, cached_target, identity_for_token, target_for_slug
 from proxy.upstream import UpstreamError, legacy_listen, legacy_terminate
 
 logger = logging.getLogger("behavry.proxy")
@@ -77,7 +77,9 @@ class McpEndpoint:
         self._check_host_and_origin(headers)
         identity = await self._authenticate(headers)
         slug = scope.get("url_route", {}).get("kwargs", {}).get("slug", "")
-        target = await database_sync_to_async(target_for_slug)(slug)
+        hit, target = cached_target(slug)
+        if not hit:
+            target = await database_sync_to_async(target_for_slug)(slug)
         if target is None:
             raise _http_error(404, f"No enabled upstream server named {slug!r}")
         if method == "GET":
@@ -122,7 +124,9 @@ class McpEndpoint:
             raise _http_error(401, "Missing bearer token", headers=challenge)
         if raw.startswith(API_KEY_KIND):
             raise _http_error(401, "API keys are not valid on /mcp/; use an agent token", headers=challenge)
-        identity = await database_sync_to_async(identity_for_token)(raw)
+        hit, identity = cached_identity(raw)
+        if not hit:
+            identity = await database_sync_to_async(identity_for_token)(raw)
         if identity is None:
             raise _http_error(
                 401,

@@ -62,6 +62,15 @@ _identities = _TTLCache()
 _targets = _TTLCache()
 
 
+def cached_identity(raw: str) -> tuple[bool, AgentIdentity | None]:
+    """A cache hit without touching the database, so the event loop need not hop to a thread."""
+    return _identities.get(secret_digest(raw))
+
+
+def cached_target(slug: str) -> tuple[bool, UpstreamTarget | None]:
+    return _targets.get(slug)
+
+
 def identity_for_token(raw: str) -> AgentIdentity | None:
     """The agent behind a bearer token (None if unknown or revoked). Runs queries: call off the loop."""
     key = secret_digest(raw)
@@ -110,5 +119,8 @@ def target_for_slug(slug: str) -> UpstreamTarget | None:
 
 
 def clear_caches() -> None:
+    from proxy.classify import _rows
+
     _identities.clear()
     _targets.clear()
+    _rows.clear()

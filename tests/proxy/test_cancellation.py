@@ -40,7 +40,6 @@ async def test_a_client_timeout_cancels_the_held_call_and_it_is_audited(behavry_
     assert outcome["details"]["status"] == "cancelled"
 
 
-
 async def test_a_modern_disconnect_mid_stream_cancels(behavry_url, token):
     body = {
         "jsonrpc": "2.0",

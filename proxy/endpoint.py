@@ -455,6 +455,9 @@ async def _drain(work: asyncio.Future) -> None:
         logger.info("abandoned request ended with an error", exc_info=True)
         return
     if reply.stream is not None:
+        if not reply.drain_on_disconnect:  # a held escalation stays pending for the agent's retry
+            await reply.stream.aclose()
+            return
         async for _ in reply.stream:
             pass
 

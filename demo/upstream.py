@@ -106,6 +106,12 @@ def build_server() -> MCPServer:
         return "announced"
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def show_credentials(ctx: Context) -> dict[str, str]:
+        """Which credential headers reached this server (lets tests check what a proxy forwards)."""
+        headers = {k.lower(): v for k, v in (ctx.headers or {}).items()}
+        return {k: headers.get(k, "") for k in ("authorization", "x-upstream-key")}
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     def fail(message: str = "demo failure") -> str:
         """Always fails, to exercise error paths."""
         raise ToolError(message)

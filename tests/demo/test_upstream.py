@@ -14,6 +14,7 @@ EXPECTED_TOOLS = {
     "slow_task",
     "ask_user",
     "announce_tools_changed",
+    "show_credentials",
     "fail",
 }
 

@@ -98,7 +98,11 @@ def starter_policies(transactional_db, agent_and_token):
     """Reads allowed, echo/slow_task allowed, delete_* denied, write escalated; the rest default deny."""
     for body in (
         {"name": "reads", "effect": "allow", "actions": ["read"]},
-        {"name": "utilities", "effect": "allow", "tools": ["echo", "slow_task", "fail", "ask_user", "announce_*"]},
+        {
+            "name": "utilities",
+            "effect": "allow",
+            "tools": ["echo", "slow_task", "fail", "ask_user", "announce_*", "show_credentials"],
+        },
         {"name": "no deleting", "effect": "deny", "tools": ["delete_*"], "reason": "Deleting is not allowed."},
         {"name": "writes need approval", "effect": "escalate", "tools": ["write_file"], "reason": "Needs a human."},
     ):

@@ -73,6 +73,7 @@ async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url
         "fail",
         "ask_user",
         "announce_tools_changed",
+        "show_credentials",
     }
 
 
@@ -135,20 +136,24 @@ async def test_resources_and_prompts_pass_through_under_policy(behavry_url, demo
     assert {"resource:demo://readme", "prompt:summarize"} <= kinds
 
 
-async def test_the_agent_token_never_reaches_the_upstream(behavry_url, demo_server, token):
-    # The upstream's credential is configured; the agent's token must not be forwarded.
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_upstream_gets_its_own_credential_and_never_the_agent_token(behavry_url, demo_server, token, mode):
     from proxy.services import upstream_server_update
+    from tests.conftest import TEST_ACTOR
 
     await run_in_thread(
         upstream_server_update,
         server=demo_server,
         auth_header_name="X-Upstream-Key",
         auth_header_value="upstream-secret",
-        by=__import__("tests.conftest", fromlist=["TEST_ACTOR"]).TEST_ACTOR,
+        by=TEST_ACTOR,
     )
-    async with mcp_client(f"{behavry_url}/mcp/demo", token, "legacy") as client:
-        result = await client.call_tool("echo", {"message": "hi"})
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        result = await client.call_tool("show_credentials", {})
     assert not result.is_error
+    seen = result.structured_content
+    assert seen["x-upstream-key"] == "upstream-secret"
+    assert token not in str(seen) and seen["authorization"] == ""
 
 
 async def test_an_upstream_elicitation_is_relayed_to_the_agent_and_its_answer_back(behavry_url, legacy_server, token):

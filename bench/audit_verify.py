@@ -25,32 +25,15 @@ from _benchlib import db_label, pg_settings, setup_django
 
 AGENT_PREFIX = "bench-verify-"
 STEP = timedelta(milliseconds=7)  # time between consecutive events (all chains interleaved)
-COPY_COLUMNS = (
-    "chain",
-    "seq",
-    "timestamp",
-    "kind",
-    "agent_id",
-    "agent_name",
-    "session",
-    "server",
-    "tool",
-    "action",
-    "resource",
-    "decision",
-    "policy_id",
-    "reason",
-    "request_id",
-    "actor",
-    "latency_ms",
-    "arguments",
-    "trace",
-    "dlp_findings",
-    "details",
-    "previous_hash",
-    "event_hash",
-)
-JSON_FIELDS = {"arguments", "trace", "dlp_findings", "details"}
+
+
+def copy_columns() -> tuple[str, ...]:
+    """The stored columns, in the order audit.chain hashes them (importable once Django is set up)."""
+    from audit.chain import HASHED_FIELDS
+
+    return (*HASHED_FIELDS, "previous_hash", "event_hash")
+
+
 TOOLS = (
     ("files", "read_file", "read"),
     ("files", "write_file", "write"),
@@ -151,8 +134,10 @@ def _hash_worker(
     setup_django(migrate=False)
     from types import SimpleNamespace
 
-    from audit.chain import agent_chain, canonical_json, event_hash
+    from audit.chain import JSON_FIELDS, agent_chain, canonical_json, event_hash
     from audit.models import GENESIS_HASH
+
+    columns = copy_columns()
 
     chains = len(agents)
     objs = [SimpleNamespace(pk=pk, name=name) for pk, name in agents]
@@ -175,9 +160,7 @@ def _hash_worker(
             last_hash[chain], last_seq[chain] = digest, seq
             fields["previous_hash"], fields["event_hash"] = previous, digest
             lines.append(
-                "\t".join(
-                    _copy_text(canonical_json(fields[k]) if k in JSON_FIELDS else fields[k]) for k in COPY_COLUMNS
-                )
+                "\t".join(_copy_text(canonical_json(fields[k]) if k in JSON_FIELDS else fields[k]) for k in columns)
                 + "\n"
             )
         hashing += time.perf_counter() - t
@@ -204,7 +187,7 @@ def generate(events: int, chains: int, workers: int, block: int = 10_000) -> dic
     ]
     for p in procs:
         p.start()
-    sql = f"COPY audit_auditevent ({', '.join(COPY_COLUMNS)}) FROM STDIN"
+    sql = f"COPY audit_auditevent ({', '.join(copy_columns())}) FROM STDIN"
     started = time.perf_counter()
     copy_seconds = 0.0
     with transaction.atomic():

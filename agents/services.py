@@ -261,3 +261,18 @@ def agent_token_revoke(*, token: AgentToken, by: Actor) -> AgentToken:
         details={"prefix": token.prefix},
     )
     return token
+
+
+@transaction.atomic
+def agent_delete(*, agent: Agent, by: Actor) -> None:
+    """Remove an agent with its tokens, sessions, exceptions and escalations.
+
+    Only a suspended agent can be deleted, so nothing is cut off mid-call by surprise: suspending
+    first ends its sessions and cancels its pending escalations. The audit trail keeps its events
+    (they store the id and name, not a foreign key) and records the deletion.
+    """
+    if agent.status != AgentStatus.SUSPENDED:
+        raise Conflict(f"Agent {agent.name!r} is active; suspend it before deleting it.")
+    agent_id, name = agent.pk, agent.name
+    agent.delete()
+    audit_admin(by=by, operation="agent.delete", target=f"agent:{agent_id}", details={"name": name})

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import django_filters
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -56,6 +58,35 @@ class AuditEventSerializer(serializers.ModelSerializer):
             "previous_hash",
             "event_hash",
         ]
+
+
+class BrokenLinkSerializer(serializers.Serializer):
+    chain = serializers.CharField()
+    reason = serializers.CharField()
+    event_id = serializers.IntegerField(allow_null=True)
+    seq = serializers.IntegerField(allow_null=True)
+
+
+class VerifyResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    status = serializers.ChoiceField(choices=["ok", "broken"])
+    chains_checked = serializers.IntegerField()
+    events_checked = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    first_broken = BrokenLinkSerializer(allow_null=True, help_text="The first tampered link found, if any.")
+    checkpoints = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Per chain, the seq up to which retention removed events."
+    )
+
+
+_EXPORT_PARAMETER = OpenApiParameter(
+    "format",
+    str,
+    enum=["csv", "jsonl"],
+    required=False,
+    description="Stream the whole filtered set as a file instead of a page. Includes both hashes, so it can be "
+    "re-verified offline.",
+)
 
 
 class AuditEventFilter(django_filters.FilterSet):
@@ -111,10 +142,24 @@ async def _jsonl_lines(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]
         )
 
 
+@extend_schema_view(
+    list=extend_schema(
+        summary="List audit events, or export them",
+        operation_id="audit_events_list",
+        parameters=[_EXPORT_PARAMETER],
+        responses={
+            200: AuditEventSerializer(many=True),
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+        },
+    ),
+    retrieve=extend_schema(summary="Get one audit event"),
+)
 class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     """Audit events, newest first. `?format=csv|jsonl` streams the filtered set as a file."""
 
     queryset = AuditEvent.objects.all()
+    lookup_value_regex = "[0-9]+"
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
     pagination_class = AuditCursorPagination
@@ -135,7 +180,17 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         response["Content-Disposition"] = f'attachment; filename="behavry-audit.{export}"'
         return response
 
-    @action(detail=False, methods=["get"])
+    @extend_schema(
+        summary="Verify the audit trail's hash chains",
+        description="Re-hashes every event (or one agent's chain) and checks links, signed heads and "
+        "checkpoints. `ok=false` names the first broken link.",
+        parameters=[
+            OpenApiParameter("agent", int, required=False, description="Only this agent's chain."),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, required=False, description="Start from here."),
+        ],
+        responses=VerifyResultSerializer,
+    )
+    @action(detail=False, methods=["get"], filter_backends=[], pagination_class=None)
     def verify(self, request):
         agent = request.query_params.get("agent")
         errors = {}

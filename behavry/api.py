@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.http import Http404
-from rest_framework import exceptions, status
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions, pagination, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from behavry.actors import Actor, actor_for
 from behavry.errors import DomainError
 
 
@@ -34,6 +36,10 @@ def _flatten(detail: Any) -> dict[str, list[str]]:
     return {}
 
 
+# The largest id a 64-bit primary key holds; larger numbers in a body are a 400, not a driver error.
+MAX_ID = 2**63 - 1
+
+
 def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
@@ -41,6 +47,8 @@ def error_body(code: str, message: str, fields: dict[str, list[str]] | None = No
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, SuspiciousOperation):  # e.g. too many fields; Django itself would answer 400
+        return Response(error_body("bad_request", str(exc) or "Malformed request."), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -59,3 +67,50 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     code = detail.code if hasattr(detail, "code") else getattr(exc, "default_code", "error")
     response.data = error_body(str(code), str(detail))
     return response
+
+
+def request_actor(request) -> Actor:
+    """The Actor behind an API request: the API key if one authenticated it, else the person."""
+    return actor_for(request.auth if request.auth is not None else request.user)
+
+
+def request_body(request) -> dict[str, Any]:
+    """The JSON body as a dict; a list, string or number body is a 400, not a crash further down."""
+    if not isinstance(request.data, dict):
+        raise exceptions.ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+    return dict(request.data)
+
+
+def validated(serializer_class, request, **kwargs) -> dict[str, Any]:
+    """Validate the request body with `serializer_class`; field errors become the one 400 shape."""
+    serializer = serializer_class(data=request_body(request), **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+@csrf_exempt  # a POST to an unknown path is a 404, not a CSRF page
+def api_not_found(request, *args, **kwargs):
+    """Any /api/ path no route matches: the one error shape, not Django's HTML 404 page."""
+    from django.http import JsonResponse
+
+    return JsonResponse(error_body("not_found", "Not found."), status=404)
+
+
+class BoundedLimitOffsetPagination(pagination.LimitOffsetPagination):
+    """`?limit=&offset=` with limits: a page is at most 1000 rows, and an offset past any real table
+    is a 400 rather than a database error (SQLite cannot bind integers beyond 64 bits)."""
+
+    default_limit = 100
+    max_limit = 1000
+    max_offset = 10**9
+
+    def get_offset(self, request):
+        raw = request.query_params.get(self.offset_query_param)
+        if raw is not None:
+            try:
+                value = int(raw)
+            except ValueError:
+                value = 0
+            if value > self.max_offset:
+                raise exceptions.ValidationError({self.offset_query_param: [f"At most {self.max_offset}."]})
+        return super().get_offset(request)

@@ -69,6 +69,33 @@ def env_list(name: str, default: list[str], *, environ: Mapping[str, str] | None
     return [item.strip() for item in environ[name].split(",") if item.strip()]
 
 
+_RATE_PERIODS = {
+    "s": "second",
+    "sec": "second",
+    "second": "second",
+    "m": "minute",
+    "min": "minute",
+    "minute": "minute",
+    "h": "hour",
+    "hour": "hour",
+    "d": "day",
+    "day": "day",
+}
+
+
+def env_rate(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """A request rate such as `600/minute` (DRF throttle syntax), or None for `off`."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(name, default)
+    value = raw.strip().lower()
+    if value in ("off", "none", "0"):
+        return None
+    count, _, period = value.partition("/")
+    if not count.isdigit() or int(count) < 1 or period not in _RATE_PERIODS:
+        raise ConfigError(f"{name}={raw!r} is not a rate (use e.g. 600/minute, 20/second, or off)")
+    return f"{int(count)}/{_RATE_PERIODS[period]}"
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     vendor: str  # "sqlite" or "postgresql"

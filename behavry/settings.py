@@ -15,6 +15,7 @@ from .env import (
     env_bool,
     env_int,
     env_list,
+    env_rate,
     env_str,
     parse_database_url,
 )
@@ -54,6 +55,8 @@ try:
     if BEHAVRY_WEBHOOK_URL and len(BEHAVRY_WEBHOOK_SECRET) < 16:
         raise ConfigError("BEHAVRY_WEBHOOK_SECRET must be at least 16 characters when BEHAVRY_WEBHOOK_URL is set")
     BEHAVRY_AUDIT_RETENTION_DAYS = env_int("BEHAVRY_AUDIT_RETENTION_DAYS", 365, minimum=1)
+    # Per API key (or signed-in person); the counters live in the cache, so Redis in production.
+    BEHAVRY_API_RATE = env_rate("BEHAVRY_API_RATE", "1200/minute")
     BEHAVRY_LOG_LEVEL = env_str("BEHAVRY_LOG_LEVEL", "INFO").upper()
     if BEHAVRY_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(f"BEHAVRY_LOG_LEVEL={BEHAVRY_LOG_LEVEL!r} is not a log level")
@@ -79,6 +82,8 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "accounts",
     "agents",
@@ -199,10 +204,40 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsViewer"],
     "EXCEPTION_HANDLER": "behavry.api.exception_handler",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # JSON only: integrations send JSON, and form/multipart parsing is attack surface we do not need.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "behavry.api.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttles.ApiKeyRateThrottle"] if BEHAVRY_API_RATE else [],
+    "DEFAULT_THROTTLE_RATES": {"api": BEHAVRY_API_RATE},
+    "DEFAULT_SCHEMA_CLASS": "behavry.schema.BehavrySchema",
     # `?format=` selects an export format on the audit list, not a DRF renderer.
     "URL_FORMAT_OVERRIDE": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Behavry API",
+    "DESCRIPTION": (
+        "Governance proxy for AI agents: servers, agents, policies, exceptions, escalations, alerts and "
+        "the audit trail. Authenticate with `Authorization: Bearer <API key>` (`bhv_key_…`). Every error "
+        'is `{"error": {"code", "message", "fields"}}` with a 4xx status.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # Separate request and response components, so read-only fields are not "required" in requests.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RiskTierEnum": "agents.models.RiskTier",
+        "PersonRoleEnum": "accounts.roles.PersonRole",
+        "ToolActionEnum": "proxy.models.ToolAction",
+        "PolicyModeEnum": "policies.models.PolicyMode",
+        "ReplayModeEnum": [("replace", "replace"), ("add", "add")],
+    },
 }
 
 LOGGING = {

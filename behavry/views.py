@@ -8,10 +8,12 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.roles import role_of
+from accounts.roles import PersonRole, role_of
 from behavry.actors import actor_for
 from behavry.tasks import HEARTBEAT_CACHE_KEY
 
@@ -45,9 +47,23 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "overview.html", {"role": role_of(request.user)})
 
 
+class _ActorSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["person", "api_key"])
+    id = serializers.CharField()
+    name = serializers.CharField()
+
+
+class WhoAmISerializer(serializers.Serializer):
+    actor = _ActorSerializer()
+    role = serializers.ChoiceField(choices=PersonRole.choices)
+
+
 class WhoAmIView(APIView):
     """Who the API thinks you are; integrations use it to check a key."""
 
+    @extend_schema(
+        summary="Who am I", description="The key (or person) and role the API sees.", responses=WhoAmISerializer
+    )
     def get(self, request):
         principal = request.auth if request.auth is not None else request.user
         return Response({"actor": actor_for(principal).as_dict(), "role": role_of(principal)})

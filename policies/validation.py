@@ -237,7 +237,9 @@ def validate_policy(data: dict[str, Any], *, partial: bool = False, existing: di
     out["reason"] = reason
 
     agents = merged.get("agents", []) or []
-    if not isinstance(agents, list) or any(isinstance(a, bool) or not isinstance(a, int) for a in agents):
+    if not isinstance(agents, list) or any(
+        isinstance(a, bool) or not isinstance(a, int) or not 1 <= a < 2**63 for a in agents
+    ):
         errors["agents"] = ["Must be a list of agent ids."]
         agents = []
     else:

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from audit.services import audit_admin
 from behavry.actors import Actor
-from behavry.errors import InvalidInput
+from behavry.errors import Conflict, InvalidInput
 from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument
 from proxy.models import Tool, ToolAction, UpstreamServer
 
@@ -142,3 +142,14 @@ def tool_update(
 def upstream_server_set_era(*, server_id: int, era: str, protocol_version: str) -> None:
     """Remember which protocol era an upstream speaks (detected by the proxy, not an admin action)."""
     UpstreamServer.objects.filter(pk=server_id).update(era=era, protocol_version=protocol_version)
+
+
+@transaction.atomic
+def upstream_server_delete(*, server: UpstreamServer, by: Actor) -> None:
+    """Remove an upstream and its tool catalog. It must be disabled first, so no agent is cut off
+    mid-session by a typo; disabling is also the reversible choice."""
+    if server.enabled:
+        raise Conflict(f"Server {server.slug!r} is enabled; disable it before deleting it.")
+    slug = server.slug
+    server.delete()
+    audit_admin(by=by, operation="server.delete", target=f"server:{slug}")

@@ -66,8 +66,8 @@ def url(escalation_id: int, verb: str = "") -> str:
 def send(client, method: str, path: str, key: str | None = None, body: Any = None, **extra):
     if key:
         extra["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    if body is None:
-        return getattr(client, method)(path, **extra)
+    if body is None:  # no body and no Content-Type, like `curl -X POST`
+        return client.generic(method.upper(), path, **extra)
     return getattr(client, method)(path, data=json.dumps(body), content_type="application/json", **extra)
 
 
@@ -200,7 +200,8 @@ def test_a_second_decision_is_409_and_changes_nothing(client, approver_key, admi
     before = Escalation.objects.filter(pk=pending.pk).values().get()
     events = AuditEvent.objects.count()
 
-    response = send(client, "post", url(pending.pk, second), admin_key, {"note": "second", "create_exception": True})
+    body = {"note": "second", "create_exception": second == "approve"}
+    response = send(client, "post", url(pending.pk, second), admin_key, body)
 
     body = error(response, 409)
     assert body["code"] == "conflict"
@@ -220,7 +221,7 @@ def test_a_second_decision_is_409_and_changes_nothing(client, approver_key, admi
         ({"create_exception": "maybe"}, {"create_exception"}),
         ({"create_exception": [True]}, {"create_exception"}),
         ({"note": 7, "create_exception": "maybe"}, {"create_exception"}),
-        (["not", "an", "object"], {"note"}),
+        (["not", "an", "object"], {"non_field_errors"}),
     ],
 )
 @pytest.mark.parametrize("verb", ["approve", "deny"])
@@ -327,7 +328,8 @@ def test_bulk_deny_reports_denied_and_counts_them(client, approver_key, agent):
         ({"ids": PENDING}, {"decision"}),
         ({"ids": PENDING, "decision": "approve", "note": ["x"]}, {"note"}),
         ({"ids": PENDING, "decision": "approve", "create_exception": "sure"}, {"create_exception"}),
-        ([1, 2], {"ids", "decision"}),
+        ({"ids": PENDING, "decision": "deny", "create_exception": True}, {"create_exception"}),
+        ([1, 2], {"non_field_errors"}),
     ],
 )
 def test_a_bad_bulk_body_is_400_with_fields_and_decides_nothing(client, approver_key, pending, body, fields):

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# REST API fuzzing: schemathesis against the live OpenAPI schema, with an admin key, on a real
+# Behavry (Daphne) with demo data. Fails on any server error (5xx) or any response that does not
+# match the schema (body, status code, content type). Time-boxed by FUZZ_SECONDS (default 120).
+#
+#   fuzz/api.sh                                            # embedded SQLite in a throwaway dir
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/behavry_fuzz fuzz/api.sh   # PostgreSQL
+#
+# With DATABASE_URL the database is dropped and re-created first, so point it at a scratch name.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY="$ROOT/.venv/bin/python"
+ST="$ROOT/.venv/bin/schemathesis"
+[ -x "$ST" ] || { echo "fuzz: $ST missing; run 'make install' first" >&2; exit 2; }
+cd "$ROOT"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/behavry-fuzz.XXXXXX")
+export BEHAVRY_VAR_DIR="$WORK/var"
+export BEHAVRY_API_RATE=off          # the fuzzer is one key sending thousands of requests
+export BEHAVRY_CELERY_EAGER=true
+unset REDIS_URL
+PORT=${FUZZ_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+SERVER_PID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  [ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  if [ "$rc" -ne 0 ] && [ -f "$WORK/server.log" ]; then
+    echo "fuzz: server tracebacks (first 5):"
+    awk '/^Traceback/{n++; p=1} p&&n<=5{print} /^[A-Za-z_.]+(Error|Exception)/{p=0}' "$WORK/server.log"
+  fi
+  if [ -n "${FUZZ_KEEP:-}" ]; then echo "fuzz: kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+if [ -n "${DATABASE_URL:-}" ]; then
+  db=${DATABASE_URL##*/}
+  dropdb -h 127.0.0.1 -U postgres --if-exists "$db"
+  createdb -h 127.0.0.1 -U postgres "$db"
+fi
+"$PY" manage.py migrate --noinput -v0
+"$PY" manage.py demo >/dev/null
+KEY=$("$PY" manage.py create_api_key --name fuzz --role admin)
+
+"$PY" -m daphne -b 127.0.0.1 -p "$PORT" behavry.asgi:application >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 150); do
+  curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "fuzz: Daphne exited early" >&2; exit 1; }
+  sleep 0.1
+done
+
+URL="http://127.0.0.1:$PORT/api/v1/schema/"
+SEED=${FUZZ_SEED:-$RANDOM}
+SECONDS_TOTAL=${FUZZ_SECONDS:-120}
+COMMON=(--header "Authorization: Bearer $KEY" --workers "${FUZZ_WORKERS:-2}" --generation-database none
+        --seed "$SEED" --exclude-operation-id api_keys_destroy --no-color)
+echo "fuzz: schemathesis $("$ST" --version | awk '{print $NF}') against $URL, seed $SEED, ${SECONDS_TOTAL}s"
+
+# 1. Examples, coverage (boundary and negative values) and random fuzzing, one operation at a
+#    time: no 5xx, and every response matches its documented status, content type and schema.
+"$ST" run "$URL" "${COMMON[@]}" --phases examples,coverage,fuzzing \
+  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
+  --max-time $(( SECONDS_TOTAL * 2 / 3 )) --max-examples "${FUZZ_EXAMPLES:-40}" "$@"
+
+# 2. Stateful sequences along the schema's links (create, then read, change, delete). Status-code
+#    conformance is left out here only: a link that yields no id makes schemathesis call the
+#    collection path (PATCH /policies/), whose 405 is correct but belongs to no documented operation.
+"$ST" run "$URL" "${COMMON[@]}" --phases stateful \
+  --checks not_a_server_error,response_schema_conformance,content_type_conformance \
+  --max-time $(( SECONDS_TOTAL / 3 )) "$@"
+echo "fuzz: no server errors, no schema violations"

@@ -64,10 +64,12 @@ echo "fuzz: schemathesis $("$ST" --version | awk '{print $NF}') against $URL, se
   --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
   --max-time $(( SECONDS_TOTAL * 2 / 3 )) --max-examples "${FUZZ_EXAMPLES:-40}" "$@"
 
-# 2. Stateful sequences along the schema's links (create, then read, change, delete). Status-code
-#    conformance is left out here only: a link that yields no id makes schemathesis call the
-#    collection path (PATCH /policies/), whose 405 is correct but belongs to no documented operation.
+# 2. Stateful sequences along links schemathesis infers (create, then read, change, delete): no 5xx,
+#    JSON everywhere. Status and body conformance are phase 1's job: here an inferred link can yield
+#    an empty id (an audit event's `policy_id` is a slug, often ""), and schemathesis then calls the
+#    collection path (GET or PATCH /policies/) and judges the list or the 405 by the detail
+#    operation's schema. Both answers are correct; the check is what is confused.
 "$ST" run "$URL" "${COMMON[@]}" --phases stateful \
-  --checks not_a_server_error,response_schema_conformance,content_type_conformance \
+  --checks not_a_server_error,content_type_conformance \
   --max-time $(( SECONDS_TOTAL / 3 )) "$@"
 echo "fuzz: no server errors, no schema violations"

@@ -4,13 +4,14 @@ from django import forms
 from django.contrib import admin
 
 from behavry.admin_site import RoleAdmin, adopt
+from proxy.catalog import upstream_url_problem
 from proxy.models import Tool, UpstreamServer
 from proxy.services import SERVER_EDITABLE_FIELDS, tool_update, upstream_server_create, upstream_server_update
 
 
 class UpstreamServerForm(forms.ModelForm):
-    # Upstreams are often plain http on loopback; say so instead of Django's changing default.
-    url = forms.URLField(max_length=500, assume_scheme="http")
+    # Not forms.URLField: upstreams are often plain http on a service name without dots.
+    url = forms.CharField(max_length=500, help_text="Streamable HTTP endpoint, e.g. http://files-mcp:8080/mcp")
     auth_header_value = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
@@ -29,6 +30,13 @@ class UpstreamServerForm(forms.ModelForm):
             "connect_timeout",
             "read_timeout",
         ]
+
+    def clean_url(self):
+        url = self.cleaned_data.get("url", "").strip()
+        problem = upstream_url_problem(url)
+        if problem:
+            raise forms.ValidationError(problem)
+        return url
 
     def clean_auth_header_value(self):
         # A password input never shows the stored value, so blank on an edit means "keep it".

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 
 from accounts.permissions import ViewerReadsAdminWrites
 from behavry.api import request_actor, validated
+from proxy.catalog import upstream_url_problem
 from proxy.models import Tool, ToolAction, UpstreamServer
 from proxy.services import tool_update, upstream_server_create, upstream_server_delete, upstream_server_update
 
@@ -42,7 +43,9 @@ class ServerSerializer(serializers.ModelSerializer):
 class ServerWriteSerializer(serializers.Serializer):
     slug = serializers.SlugField(max_length=64, help_text="Agents connect to `/mcp/<slug>`. Cannot be changed.")
     name = serializers.CharField(max_length=200)
-    url = serializers.URLField(max_length=500, help_text="The upstream's Streamable HTTP endpoint (http or https).")
+    url = serializers.CharField(
+        max_length=500, help_text="The upstream's Streamable HTTP endpoint, http(s)://host[:port]/path."
+    )
     enabled = serializers.BooleanField(required=False)
     auth_header_name = serializers.CharField(required=False, allow_blank=True, max_length=100)
     auth_header_value = serializers.CharField(
@@ -56,8 +59,9 @@ class ServerWriteSerializer(serializers.Serializer):
     read_timeout = serializers.FloatField(required=False, min_value=0.1, max_value=86400)
 
     def validate_url(self, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("Use an http:// or https:// URL.")
+        problem = upstream_url_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
     def validate_auth_header_name(self, value: str) -> str:

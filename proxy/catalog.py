@@ -80,3 +80,28 @@ def tool_definition_hash(definition: dict[str, Any]) -> str:
         if definition.get(k) is not None
     }
     return hashlib.sha256(canonical_json(relevant).encode()).hexdigest()
+
+
+def upstream_url_problem(url: str) -> str | None:
+    """Why `url` cannot be an upstream's endpoint, or None.
+
+    Django's URLValidator wants a dotted domain, which refuses Docker and Kubernetes service names
+    (`http://files-mcp:8080/mcp`), the usual way upstreams are reached. Behavry only needs http(s),
+    a host, and a valid port.
+    """
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        return "Enter a URL without spaces."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "Enter a valid URL."
+    if parts.scheme not in ("http", "https"):
+        return "Use an http:// or https:// URL."
+    if not parts.hostname:
+        return "The URL needs a host."
+    if port == 0:
+        return "The port must be between 1 and 65535."
+    return None

@@ -10,7 +10,7 @@ from django.utils import timezone
 from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import Conflict, InvalidInput
-from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument
+from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument, upstream_url_problem
 from proxy.models import Tool, ToolAction, UpstreamServer
 
 SERVER_EDITABLE_FIELDS = {
@@ -32,10 +32,16 @@ def _describe(fields: dict[str, Any]) -> dict[str, Any]:
 def _validate_server(server: UpstreamServer) -> None:
     from django.core.exceptions import ValidationError
 
+    fields: dict[str, list[str]] = {}
     try:
-        server.full_clean(exclude=["slug"] if server.pk else None, validate_unique=False)
+        server.full_clean(exclude=["slug", "url"] if server.pk else ["url"], validate_unique=False)
     except ValidationError as exc:
-        raise InvalidInput("Invalid upstream server.", fields=exc.message_dict) from None
+        fields.update(exc.message_dict)
+    problem = upstream_url_problem(server.url)
+    if problem:
+        fields["url"] = [problem]
+    if fields:
+        raise InvalidInput("Invalid upstream server.", fields=fields)
 
 
 @transaction.atomic

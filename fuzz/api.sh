@@ -46,7 +46,7 @@ KEY=$("$PY" manage.py create_api_key --name fuzz --role admin)
 "$PY" -m daphne -b 127.0.0.1 -p "$PORT" behavry.asgi:application >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 150); do
-  curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   kill -0 "$SERVER_PID" 2>/dev/null || { echo "fuzz: Daphne exited early" >&2; exit 1; }
   sleep 0.1
 done

@@ -51,3 +51,28 @@ def test_swagger_ui_renders_every_operation_with_the_network_cut_off(live_server
     assert page.locator(".opblock").count() >= 50
     assert "Behavry API" in page.inner_text(".information-container")
     assert foreign == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_httpx_example_in_docs_api_md_approves_an_escalation(live_server, approver_key):
+    """The integration example is run as written (only the base URL is pointed at this server)."""
+    import re
+    from pathlib import Path
+
+    from escalations.models import Escalation
+    from tests.escalations.helpers import open_escalation
+    from tests.factories import AgentFactory
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('API = "http://127.0.0.1:8000/api/v1"', f'API = "{live_server.url}/api/v1"')
+    held = open_escalation(AgentFactory(), tool="write_file", request_id="docs-1")
+    other = open_escalation(AgentFactory(), tool="send_email", request_id="docs-2")
+    namespace: dict = {}
+    exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own docs, run to prove they work
+
+    decided = namespace["approve_pending"](approver_key, "write_file", "ok from the docs test")
+
+    assert decided == [held.pk]
+    assert Escalation.objects.get(pk=held.pk).status == "approved"
+    assert Escalation.objects.get(pk=other.pk).status == "pending"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from behavry.env import ConfigError, env_bool, env_int, env_list, parse_database_url
+from behavry.env import ConfigError, env_bool, env_int, env_list, env_rate, parse_database_url
 
 SQLITE_DEFAULT = Path("var/behavry-default.sqlite3")
 
@@ -57,3 +57,16 @@ def test_it_parses_a_postgres_url():
 def test_it_refuses_unsupported_or_incomplete_database_urls(url):
     with pytest.raises(ConfigError):
         parse_database_url(url, sqlite_default=SQLITE_DEFAULT)
+
+
+def test_it_parses_api_rates():
+    assert env_rate("R", "1200/minute", environ={}) == "1200/minute"
+    assert env_rate("R", "x", environ={"R": "20/s"}) == "20/second"
+    assert env_rate("R", "x", environ={"R": " 5/Hour "}) == "5/hour"
+    assert env_rate("R", "x", environ={"R": "off"}) is None
+
+
+@pytest.mark.parametrize("raw", ["fast", "0/minute", "-1/s", "10/fortnight", "10"])
+def test_it_refuses_a_bad_rate_naming_the_variable(raw):
+    with pytest.raises(ConfigError, match="BEHAVRY_API_RATE"):
+        env_rate("BEHAVRY_API_RATE", "1/s", environ={"BEHAVRY_API_RATE": raw})

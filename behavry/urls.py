@@ -17,3 +17,6 @@ urlpatterns = [
     # the app directories so the embedded default works offline with no extra server.
     re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
 ]
+
+# /api/ clients parse JSON, so their 500 (a bug, always logged) keeps the one error shape too.
+handler500 = "behavry.views.server_error"

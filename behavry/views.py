@@ -42,6 +42,17 @@ def readyz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
 
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        body = {
+            "error": {"code": "server_error", "message": "Internal server error; it has been logged.", "fields": {}}
+        }
+        return JsonResponse(body, status=500)
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)
+
+
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "overview.html", {"role": role_of(request.user)})

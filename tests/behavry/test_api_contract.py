@@ -224,3 +224,13 @@ def test_malformed_json_is_400(client, admin_key):
         "POST", "/api/v1/roles/", "{nope", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {admin_key}"
     )
     assert_error(response, 400, "parse_error")
+
+
+def test_a_bug_on_the_api_is_a_json_500_in_the_error_shape(client, admin_key, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("behavry.views.role_of", broken)
+    client.raise_request_exception = False
+    response = client.get("/api/v1/whoami/", HTTP_AUTHORIZATION=f"Bearer {admin_key}")
+    assert_error(response, 500, "server_error")

@@ -31,8 +31,8 @@ def role_of(principal: Any) -> PersonRole | None:
         return None
     if principal.is_superuser:
         return PersonRole.ADMIN
-    cached = getattr(principal, "_behavry_role", False)
-    if cached is not False:
+    if hasattr(principal, "_behavry_role"):
+        cached: PersonRole | None = principal._behavry_role
         return cached
     names = set(principal.groups.values_list("name", flat=True))
     best = None

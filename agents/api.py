@@ -26,7 +26,9 @@ from behavry.errors import InvalidInput, NotFound
 
 
 class AgentSerializer(serializers.ModelSerializer):
-    roles = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    roles: serializers.SlugRelatedField[Role] = serializers.SlugRelatedField(
+        slug_field="name", many=True, read_only=True
+    )
 
     class Meta:
         model = Agent
@@ -77,12 +79,15 @@ class AgentTokenSerializer(serializers.ModelSerializer):
 
 
 class AgentTokenIssueSerializer(serializers.Serializer):
-    label = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    label = serializers.CharField(  # type: ignore[assignment]  # a declared field, not Field.label
+        required=False, allow_blank=True, max_length=100, default=""
+    )
 
 
 class AgentTokenIssuedSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    label = serializers.CharField()
+    # Declared fields leave the class body (metaclass), so these do not shadow Field.label/help_text.
+    label = serializers.CharField()  # type: ignore[assignment]
     prefix = serializers.CharField()
     token = serializers.CharField(help_text="The raw token. It is shown only in this response.")
     created_at = serializers.DateTimeField()

@@ -30,9 +30,13 @@ async def audit_event_batches_async(
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """The same batches for an ASGI streaming response; each query runs in the sync thread."""
     batches = audit_event_batches(queryset, columns)
-    sentinel = object()
+    sentinel: list[dict[str, Any]] = []
+
+    def next_batch() -> list[dict[str, Any]]:
+        return next(batches, sentinel)
+
     while True:
-        batch = await sync_to_async(next, thread_sensitive=True)(batches, sentinel)
+        batch = await sync_to_async(next_batch, thread_sensitive=True)()
         if batch is sentinel:
             return
         yield batch

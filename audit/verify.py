@@ -83,8 +83,11 @@ def _rows(chain: str, from_seq: int):
         for row in batch:
             stamp = row[_TIMESTAMP]
             if isinstance(stamp, str) or stamp.tzinfo is None:  # SQLite hands back naive UTC text
-                stamp = parse_datetime(stamp) if isinstance(stamp, str) else stamp
-                row = (*row[:_TIMESTAMP], stamp.replace(tzinfo=UTC), *row[_TIMESTAMP + 1 :])
+                parsed = parse_datetime(stamp) if isinstance(stamp, str) else stamp
+                if parsed is None:  # unparseable text: hash it as stored, so the mismatch is reported
+                    yield row
+                    continue
+                row = (*row[:_TIMESTAMP], parsed.replace(tzinfo=UTC), *row[_TIMESTAMP + 1 :])
             yield row
         last = batch[-1][_SEQ]
 

@@ -18,6 +18,7 @@ from behavry.routing import held_routes  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": URLRouter([*held_routes, re_path(r"", django_asgi_app)]),
+        # Channels' router takes ASGI apps; django-stubs types re_path for Django views only.
+        "http": URLRouter([*held_routes, re_path(r"", django_asgi_app)]),  # type: ignore[arg-type]
     }
 )

@@ -35,7 +35,8 @@ _DEFAULT_SUMMARIES = {
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Machine-readable error code, e.g. `invalid`, `not_found`, `conflict`.")
     message = serializers.CharField(help_text="What went wrong, for people.")
-    fields = serializers.DictField(
+    # The metaclass moves declared fields off the class, so this does not shadow Serializer.fields.
+    fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.ListField(child=serializers.CharField()),
         help_text="Field name (dotted for nested fields) to its messages; empty unless code is `invalid`.",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -28,7 +29,7 @@ DEMO = Actor(kind="system", id="demo", name="manage.py demo")
 DEMO_TOKEN_LABEL = "demo"
 ADMIN_USERNAME = "admin"
 
-DEMO_AGENTS = [
+DEMO_AGENTS: list[dict[str, Any]] = [
     {
         "name": "research-bot",
         "description": "Reads documents and summarizes them.",

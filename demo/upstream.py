@@ -46,43 +46,43 @@ def build_server() -> MCPServer:
     outbox: list[dict[str, str]] = []
     server = MCPServer(name="behavry-demo-upstream", version="1.0.0", instructions="Demo tools behind Behavry.")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def echo(message: str) -> str:
         """Echo a message back."""
         return f"Echo: {message}"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def read_file(path: str) -> str:
         """Read a file from the demo workspace."""
         if path not in files:
             raise ToolError(f"No such file: {path}")
         return files[path]
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def list_files(prefix: str = "/") -> list[str]:
         """List files whose path starts with prefix."""
         return sorted(p for p in files if p.startswith(prefix))
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
     def write_file(path: str, content: str) -> str:
         """Create or overwrite a file in the demo workspace."""
         files[path] = content
         return f"Wrote {len(content)} characters to {path}"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False))
     def delete_file(path: str) -> str:
         """Delete a file from the demo workspace."""
         if files.pop(path, None) is None:
             raise ToolError(f"No such file: {path}")
         return f"Deleted {path}"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=True))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True))
     def send_email(to: str, subject: str, body: str) -> str:
         """Send an email (kept in the demo outbox, never delivered)."""
         outbox.append({"to": to, "subject": subject, "body": body})
         return f"Queued email #{len(outbox)} to {to}"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def slow_task(ctx: Context, seconds: float = 1.0, steps: int = 4) -> str:
         """Work for `seconds`, reporting progress `steps` times."""
         steps = max(1, min(int(steps), 100))
@@ -91,7 +91,7 @@ def build_server() -> MCPServer:
             await ctx.report_progress(step, steps, f"step {step}/{steps}")
         return f"Finished {steps} steps in {seconds}s"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def ask_user(ctx: Context, question: str) -> str:
         """Ask the agent's user a yes/no question (an elicitation request to the client)."""
         result = await ctx.elicit(question, Confirmation)
@@ -99,19 +99,19 @@ def build_server() -> MCPServer:
             return f"The user chose {result.action}."
         return f"The user answered {'yes' if result.data.confirm else 'no'}."
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def announce_tools_changed(ctx: Context) -> str:
         """Tell the client its tool list changed (a server-initiated notification, not tied to this call)."""
         await ctx.session.send_tool_list_changed()
         return "announced"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def show_credentials(ctx: Context) -> dict[str, str]:
         """Which credential headers reached this server (lets tests check what a proxy forwards)."""
         headers = {k.lower(): v for k, v in (ctx.headers or {}).items()}
         return {k: headers.get(k, "") for k in ("authorization", "x-upstream-key")}
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def fail(message: str = "demo failure") -> str:
         """Always fails, to exercise error paths."""
         raise ToolError(message)

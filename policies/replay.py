@@ -62,10 +62,10 @@ def policy_replay(*, policies: list[dict[str, Any]], limit: int = 500, mode: str
         )[:limit]
     )
     transitions: Counter[str] = Counter()
-    changes = []
+    changes: list[dict[str, Any]] = []
     evaluated = redacted = 0
     for event in events:
-        details = event["details"] or {}
+        details: dict[str, Any] = event["details"] if isinstance(event["details"], dict) else {}
         ctx = CallContext(
             agent_id=event["agent_id"],
             server=event["server"],

@@ -34,7 +34,8 @@ def _slug_for(name: str, exclude_pk: int | None = None) -> str:
     if base in RESERVED_SLUGS:
         base = f"rule-{base}"
     slug, n = base, 2
-    while Policy.objects.filter(slug=slug).exclude(pk=exclude_pk).exists():
+    others = Policy.objects.exclude(pk=exclude_pk) if exclude_pk is not None else Policy.objects.all()
+    while others.filter(slug=slug).exists():
         slug, n = f"{base}-{n}", n + 1
     return slug
 

@@ -72,7 +72,9 @@ class ServerWriteSerializer(serializers.Serializer):
 
 
 class ToolSerializer(serializers.ModelSerializer):
-    server = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    server: serializers.SlugRelatedField[UpstreamServer] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     action = serializers.CharField(read_only=True, help_text="The effective verb class policies match on.")
 
     class Meta:

@@ -205,8 +205,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "behavry.api.exception_handler",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     # JSON only: integrations send JSON, and form/multipart parsing is attack surface we do not need.
-    "DEFAULT_PARSER_CLASSES": ["behavry.api.StrictJSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "behavry.api.BoundedLimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": ["behavry.drf_defaults.StrictJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "behavry.drf_defaults.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttles.ApiKeyRateThrottle"] if BEHAVRY_API_RATE else [],
     "DEFAULT_THROTTLE_RATES": {"api": BEHAVRY_API_RATE},

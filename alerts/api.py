@@ -12,6 +12,7 @@ from accounts.permissions import IsApprover, IsViewer
 from alerts.models import Alert, AlertNote, AlertSeverity, AlertStatus, AlertType
 from alerts.services import alert_acknowledge, alert_resolve
 from behavry.api import request_actor, validated
+from behavry.filters import UtcIsoDateTimeFilter
 
 
 class AlertNoteSerializer(serializers.ModelSerializer):
@@ -64,7 +65,7 @@ class AlertFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=AlertStatus.choices)
     severity = django_filters.ChoiceFilter(choices=AlertSeverity.choices)
     type = django_filters.ChoiceFilter(choices=AlertType.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
 
     class Meta:
         model = Alert

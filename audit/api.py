@@ -21,6 +21,7 @@ from audit.chain import HASHED_FIELDS, JSON_FIELDS
 from audit.models import AuditEvent, AuditKind
 from audit.selectors import audit_event_batches_async
 from audit.verify import audit_verify
+from behavry.filters import UtcIsoDateTimeFilter
 
 # Everything needed to re-verify an export offline: the hashed fields plus both hashes.
 EXPORT_COLUMNS = ("id", *HASHED_FIELDS, "previous_hash", "event_hash")
@@ -91,8 +92,8 @@ _EXPORT_PARAMETER = OpenApiParameter(
 
 class AuditEventFilter(django_filters.FilterSet):
     agent = django_filters.CharFilter(method="filter_agent", help_text="Agent id or exact name.")
-    since = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="timestamp", lookup_expr="lt")
     kind = django_filters.ChoiceFilter(choices=AuditKind.choices)
 
     class Meta:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from alerts.models import Alert, AlertStatus
@@ -25,6 +27,20 @@ def test_list_has_the_design_fields_and_filters(client, viewer_key):
         page["results"][0]
     )
     assert error(send(client, "get", f"{ALERTS}?severity=dire", viewer_key), 400)["fields"].keys() == {"severity"}
+
+
+def test_since_with_an_offset_postgresql_cannot_store_filters_by_the_instant(client, viewer_key):
+    old = AlertFactory(title="old")
+    new = AlertFactory(title="new")
+    Alert.objects.filter(pk=old.pk).update(created_at=datetime(2026, 3, 1, 9, tzinfo=UTC))
+    Alert.objects.filter(pk=new.pk).update(created_at=datetime(2026, 3, 1, 11, tzinfo=UTC))
+
+    # 05:30 on the 2nd at +18:41 is 10:49 UTC on the 1st (PostgreSQL refuses offsets past 15:59).
+    page = ok(send(client, "get", f"{ALERTS}?since=2026-03-02T05:30:00%2B18:41", viewer_key))
+
+    assert [a["title"] for a in page["results"]] == ["new"]
+    too_early = send(client, "get", f"{ALERTS}?since=0001-01-01T00:00:00%2B18:00", viewer_key)
+    assert error(too_early, 400)["fields"].keys() == {"since"}
 
 
 def test_acknowledge_needs_a_note_and_records_it(client, approver_key):

@@ -246,6 +246,27 @@ def test_since_honours_a_utc_offset(api, clock):
     assert ids(api.get(URL, {"agent": agent.pk, "since": "2026-03-01T12:30:00+02:00"})) == [later.pk]
 
 
+def test_an_offset_postgresql_cannot_store_still_filters_by_the_instant(api, clock):
+    # Python takes offsets to ±23:59, PostgreSQL only to ±15:59; the schemathesis run found this
+    # as a 500 on PostgreSQL. The filter compares the UTC instant, identically on both backends.
+    agent = AgentFactory()
+    clock.now = T0
+    call(agent)
+    clock.now = T0 + timedelta(hours=1)
+    later = call(agent)
+
+    # 05:30 on the 2nd at +18:41 is 10:49 UTC on the 1st.
+    assert ids(api.get(URL, {"agent": agent.pk, "since": "2026-03-02T05:30:00+18:41"})) == [later.pk]
+    assert ids(api.get(URL, {"agent": agent.pk, "until": "2026-03-02T05:30:00+18:41"})) != [later.pk]
+
+
+@pytest.mark.parametrize("field", ["since", "until"])
+def test_an_instant_before_year_one_in_utc_is_400_naming_the_field(api, field):
+    response = api.get(URL, {field: "0001-01-01T00:00:00+18:00"})
+    assert response.status_code == 400
+    assert list(response.json()["error"]["fields"]) == [field]
+
+
 @pytest.mark.parametrize("field", ["since", "until"])
 def test_a_malformed_time_is_400_naming_the_field(api, field):
     response = api.get(URL, {field: "yesterday-ish"})

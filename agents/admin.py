@@ -39,7 +39,7 @@ class AgentTokenInline(RoleInline, admin.TabularInline):
 
     model = AgentToken
     extra = 0
-    fields = ["prefix", "label", "created_at", "last_used_at", "revoked_at"]
+    fields = ("prefix", "label", "created_at", "last_used_at", "revoked_at")
     readonly_fields = fields
     show_change_link = True
 

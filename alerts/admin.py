@@ -11,7 +11,7 @@ from behavry.admin_site import RoleAdmin, RoleInline
 class AlertNoteInline(RoleInline, admin.TabularInline):
     model = AlertNote
     extra = 0
-    fields = ["created_at", "author", "action", "text"]
+    fields = ("created_at", "author", "action", "text")
     readonly_fields = fields
 
 

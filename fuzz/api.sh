@@ -54,7 +54,10 @@ done
 URL="http://127.0.0.1:$PORT/api/v1/schema/"
 SEED=${FUZZ_SEED:-$RANDOM}
 SECONDS_TOTAL=${FUZZ_SECONDS:-120}
-COMMON=(--header "Authorization: Bearer $KEY" --workers "${FUZZ_WORKERS:-2}" --generation-database none
+# One worker by default: with several, Hypothesis describes filter lambdas with ast.parse from
+# threads at once, and CPython 3.11 then fails with "AST constructor recursion depth mismatch"
+# (a runtime error in the fuzzer, not a finding), which would make CI red at random.
+COMMON=(--header "Authorization: Bearer $KEY" --workers "${FUZZ_WORKERS:-1}" --generation-database none
         --seed "$SEED" --exclude-operation-id api_keys_destroy --no-color)
 echo "fuzz: schemathesis $("$ST" --version | awk '{print $NF}') against $URL, seed $SEED, ${SECONDS_TOTAL}s"
 

@@ -123,7 +123,7 @@ class ToolAdmin(RoleAdmin):
         "first_seen_at",
         "last_seen_at",
     ]
-    readonly_fields = [f for f in fields if f not in ("action_override", "resource_argument")]
+    readonly_fields = [str(f) for f in fields if f not in ("action_override", "resource_argument")]
 
     def has_add_permission(self, request) -> bool:
         return False  # the catalog is filled from upstream tools/list

@@ -158,7 +158,7 @@ class McpEndpoint:
     async def _request(self, message: dict, headers: dict[str, str], identity, target) -> handlers.McpRequest:
         """Work out the agent's era and session, checking the era's header rules."""
         header_version = headers.get("mcp-protocol-version")
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        params: dict = message["params"] if isinstance(message.get("params"), dict) else {}
         meta_version = (params.get("_meta") or {}).get(rpc.META_VERSION) if "method" in message else None
         msg_id = message.get("id")
         modern = (
@@ -298,6 +298,7 @@ class McpEndpoint:
         headers = SSE_HEADERS + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         stream = reply.stream
+        assert stream is not None, "only streamed replies come here"
         handed_off = False
         responded = False
         try:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +80,7 @@ class Reply:
     status: int = 200
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    stream: AsyncIterator[Any] | None = None
+    stream: AsyncGenerator[Any, None] | None = None
     # Called when the agent cancels (2026-07-28 disconnect or notifications/cancelled) mid-stream.
     on_cancel: Callable[[], Awaitable[None]] | None = None
     # False for held escalations: a 2025-era disconnect leaves the escalation pending for a retry
@@ -269,7 +269,7 @@ def error_result(text: str) -> dict[str, Any]:
 
 
 def _call_details(req: McpRequest, decision: Decision | None = None) -> dict[str, Any]:
-    details = {
+    details: dict[str, Any] = {
         "risk_tier": req.identity.risk_tier,
         "roles": sorted(req.identity.roles),
         "era": req.era,
@@ -397,7 +397,9 @@ async def forward_call(
     return Reply(body=shape_result(req, message))
 
 
-async def _relay(req: McpRequest, upstream: UpstreamReply, msg_id: Any, outcome) -> AsyncIterator[dict[str, Any]]:
+async def _relay(
+    req: McpRequest, upstream: UpstreamReply, msg_id: Any, outcome
+) -> AsyncGenerator[dict[str, Any], None]:
     """Pass the upstream's stream through (progress, logging, its requests), auditing the response."""
     finished = False
     try:

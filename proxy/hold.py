@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -243,7 +243,7 @@ async def _wait(
     resource: str,
     request_id: str,
     progress_token: Any,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """1. Register with the process's watcher. 2. Loop: act on the row (read only when woken);
     expire at the deadline; give up at max_hold_seconds; otherwise sleep until woken or the next
     keepalive. 3. Unregister."""
@@ -298,7 +298,9 @@ async def _wait(
                 await asyncio.wait_for(woken.wait(), timeout=max(timeout, 0.01))
             if woken.is_set():
                 woken.clear()
-                current = watcher.rows.pop(escalation.pk, None) or await database_sync_to_async(_read)(escalation.pk)
+                current = (
+                    watcher.rows.pop(escalation.pk) if escalation.pk in watcher.rows else None
+                ) or await database_sync_to_async(_read)(escalation.pk)
                 continue
             if time.monotonic() - last_sign_of_life >= KEEPALIVE_SECONDS - 0.05:
                 last_sign_of_life = time.monotonic()

@@ -132,6 +132,8 @@ class AgentTokenAdmin(SecretIssuingAdmin):
     list_display = ["prefix", "agent", "label", "created_at", "last_used_at", "revoked_at"]
     list_filter = [RevokedFilter]
     list_select_related = ["agent"]
+    autocomplete_fields = ["agent"]  # a <select> of every agent is megabytes with 100k agents
+    show_full_result_count = False
     search_fields = ["prefix", "label", "agent__name"]
     readonly_fields = ["agent", "label", "prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_tokens"]
@@ -151,6 +153,7 @@ class AgentSessionAdmin(RoleAdmin):
     list_display = ["id", "agent", "server", "era", "protocol_version", "created_at", "last_seen_at", "ended_at"]
     list_filter = ["era", ("ended_at", admin.EmptyFieldListFilter)]
     list_select_related = ["agent", "server"]
+    show_full_result_count = False
     search_fields = ["id", "agent__name", "upstream_session_id"]
 
     def has_add_permission(self, request) -> bool:

@@ -95,6 +95,7 @@ class AgentToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["-created_at", "-id"], name="agents_token_recent")]  # the default list order
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.label or 'token'})"
@@ -135,7 +136,10 @@ class AgentSession(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["agent", "ended_at"], name="agents_session_agent_open")]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="agents_session_recent"),  # the default list order
+            models.Index(fields=["agent", "ended_at"], name="agents_session_agent_open"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.agent} @ {self.server_id} ({self.id[:8]}…)"

@@ -21,6 +21,7 @@ class AlertAdmin(RoleAdmin):
     list_display = ["title", "agent", "type", "severity", "status", "occurrences", "created_at", "last_seen_at"]
     list_filter = ["status", "severity", "type", "false_positive"]
     list_select_related = ["agent"]
+    show_full_result_count = False
     search_fields = ["title", "agent__name", "dedup_key"]
     readonly_fields = [f.name for f in Alert._meta.fields]
     inlines = [AlertNoteInline]

@@ -53,7 +53,10 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "severity", "-created_at"], name="alerts_inbox")]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="alerts_recent"),  # the default list order
+            models.Index(fields=["status", "severity", "-created_at"], name="alerts_inbox"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["dedup_key"],

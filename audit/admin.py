@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
+from behavry.admin_filters import ServerSlugFilter, recent_filter, values_filter
 from behavry.admin_site import RoleAdmin
 
 
@@ -33,9 +34,14 @@ class AuditEventAdmin(ReadOnlyAdmin):
         "policy_id",
         "actor",
     ]
-    list_filter = ["kind", "decision", "server"]
+    # No date_hierarchy and no plain CharField filters: each runs SELECT DISTINCT over the whole trail.
+    list_filter = [
+        "kind",
+        values_filter("decision", "decision", [("allow", "allow"), ("deny", "deny"), ("escalate", "escalate")]),
+        ServerSlugFilter,
+        recent_filter("timestamp"),
+    ]
     search_fields = ["agent_name", "tool", "policy_id", "request_id", "actor", "resource"]
-    date_hierarchy = "timestamp"
     show_full_result_count = False  # COUNT(*) on a million-row table on every page load is wasteful
 
 

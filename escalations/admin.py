@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Case, Value, When
 
 from accounts.roles import PersonRole
+from agents.models import RiskTier
+from behavry.admin_filters import ServerSlugFilter, recent_filter, values_filter
 from behavry.admin_site import RoleAdmin
-from escalations.models import Escalation, EscalationStatus
+from escalations.models import Escalation, EscalationStatus, approver_queue_order
 from escalations.notify import notify_batch
 from escalations.services import escalation_approve, escalation_deny
+from proxy.models import ToolAction
 
 
 @admin.register(Escalation)
@@ -16,22 +18,26 @@ class EscalationAdmin(RoleAdmin):
 
     change_role = PersonRole.APPROVER
     list_display = ["id", "status", "agent", "server", "tool", "action", "risk_tier", "created_at", "deadline"]
-    list_filter = ["status", "risk_tier", "action"]
+    list_filter = [
+        "status",
+        values_filter("risk_tier", "risk tier", RiskTier),
+        values_filter("action", "action", ToolAction),
+        ServerSlugFilter,
+        recent_filter("created_at"),
+    ]
     list_select_related = ["agent"]
     search_fields = ["agent__name", "tool", "server", "resource", "policy_id", "request_id"]
     readonly_fields = [f.name for f in Escalation._meta.fields]
-    date_hierarchy = "created_at"
+    show_full_result_count = False
     actions = ["approve_escalations", "approve_with_exception", "deny_escalations"]
 
     def has_add_permission(self, request) -> bool:
         return False  # escalations are created by the proxy holding a call
 
-    def get_queryset(self, request):
-        # Pending first: that is the approver's queue.
-        pending_first = Case(When(status=EscalationStatus.PENDING, then=Value(0)), default=Value(1))
-        return (
-            super().get_queryset(request).annotate(pending_first=pending_first).order_by("pending_first", "-created_at")
-        )
+    def get_ordering(self, request):
+        # Pending first, newest first: the approver's queue. Set here, not in get_queryset, because
+        # the changelist puts its own ordering (the model's -created_at) before a queryset's.
+        return approver_queue_order()
 
     def _decide(self, request, queryset, decide, verb: str) -> None:
         skipped = queryset.exclude(status=EscalationStatus.PENDING).count()

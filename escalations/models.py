@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 
@@ -11,6 +11,15 @@ class EscalationStatus(models.TextChoices):
     DENIED = "denied", "Denied"
     EXPIRED = "expired", "Expired"
     CANCELLED = "cancelled", "Cancelled"
+
+
+def _pending_last_key() -> Case:
+    return Case(When(status="pending", then=Value(0)), default=Value(1), output_field=IntegerField())
+
+
+def approver_queue_order() -> list:
+    """Pending first, then newest first: the order approvers work in (admin, index below)."""
+    return [_pending_last_key().asc(), F("created_at").desc(), F("id").desc()]
 
 
 class Escalation(models.Model):
@@ -53,6 +62,8 @@ class Escalation(models.Model):
         indexes = [
             models.Index(fields=["status", "deadline"], name="escalations_status_deadline"),
             models.Index(fields=["call_hash", "-created_at"], name="escalations_call"),
+            # Serves approver_queue_order() from the index instead of sorting the whole history.
+            models.Index(_pending_last_key(), F("created_at").desc(), F("id").desc(), name="escalations_queue"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from behavry.admin_filters import ServerSlugFilter
 from behavry.admin_site import RoleAdmin
 from policies.models import Policy, PolicyException
 from policies.services import exception_revoke, policy_set_enabled
@@ -36,7 +37,8 @@ class PolicyAdmin(RoleAdmin):
 @admin.register(PolicyException)
 class PolicyExceptionAdmin(RoleAdmin):
     list_display = ["id", "agent", "server", "tool", "resource", "expires_at", "created_by", "created_at", "revoked_at"]
-    list_filter = ["server", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_filter = [ServerSlugFilter, ("revoked_at", admin.EmptyFieldListFilter)]
+    show_full_result_count = False
     list_select_related = ["agent"]
     search_fields = ["agent__name", "server", "tool", "resource", "note"]
     readonly_fields = [f.name for f in PolicyException._meta.fields]

@@ -79,6 +79,8 @@ class PolicyException(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # The default list order.
+        indexes = [models.Index(fields=["-created_at", "-id"], name="policies_exception_recent")]
         constraints = [
             models.UniqueConstraint(
                 fields=["agent", "server", "tool", "resource"],

@@ -204,3 +204,53 @@ def legacy_upstream():
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def start_daphne(redis_url: str) -> tuple[subprocess.Popen, str]:
+    """A real Daphne process on a free port, sharing the (transactional) test database and Redis."""
+    import httpx
+    from django.db import connection
+
+    settings = connection.settings_dict
+    port = free_port()
+    host, db_port = settings["HOST"] or "127.0.0.1", settings["PORT"] or 5432
+    env = {
+        **os.environ,
+        # The subprocess talks to the test database directly (its data is committed: transactional test).
+        "DATABASE_URL": f"postgres://{settings['USER']}@{host}:{db_port}/{settings['NAME']}",
+        "REDIS_URL": redis_url,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "behavry.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"daphne did not start: {proc.stderr.read().decode()[-2000:]}")
+
+
+@pytest.fixture
+def daphnes(request, settings):
+    """Start Daphne processes with `daphnes()` (PostgreSQL + Redis tests); stopped at the end."""
+    procs = []
+
+    def start(redis_url=None):
+        proc, url = start_daphne(redis_url or settings.REDIS_URL)
+        procs.append(proc)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(10)

@@ -4,16 +4,11 @@ PostgreSQL and Redis only (the embedded default is one process by design).
 """
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from django.db import connection
 
-from tests.conftest import ROOT, free_port
 from tests.proxy.conftest import mcp_client
 
 pytestmark = [
@@ -22,51 +17,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("demo_server", "starter_policies"),
 ]
-
-
-def start_daphne(redis_url: str) -> tuple[subprocess.Popen, str]:
-    settings = connection.settings_dict
-    port = free_port()
-    host, db_port = settings["HOST"] or "127.0.0.1", settings["PORT"] or 5432
-    env = {
-        **os.environ,
-        # The subprocess talks to the test database directly (its data is committed: transactional test).
-        "DATABASE_URL": f"postgres://{settings['USER']}@{host}:{db_port}/{settings['NAME']}",
-        "REDIS_URL": redis_url,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "behavry.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"daphne did not start: {proc.stderr.read().decode()[-2000:]}")
-
-
-@pytest.fixture
-def daphnes(request, settings):
-    procs = []
-
-    def start(redis_url=None):
-        proc, url = start_daphne(redis_url or settings.REDIS_URL)
-        procs.append(proc)
-        return url
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(10)
 
 
 async def hold_then_approve(holder_url, approver_url, token, approver_key) -> tuple[float, object]:

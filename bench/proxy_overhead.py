@@ -4,20 +4,22 @@ Run:  .venv/bin/python bench/proxy_overhead.py [--seconds 10] [--rates 50,100,20
       [--no-access-log] [--no-queries] [--profile behavry-uvloop,behavry-daphne]
 
 Optional packages (pip install into .venv for the bench; not in the requirements): uvloop and httptools
-(the *-uvloop targets), aiohttp (fwd-uvloop-aiohttp), py-spy (--profile).
+(the *-uvloop targets), py-spy (--profile).
 
 Set-up (all inside this script):
-- PostgreSQL database `behavry_bench_proxy` on 127.0.0.1:5432 (user postgres; created if missing),
+- PostgreSQL database `behavry_bench_proxy` (or --database) on 127.0.0.1:5432 (user postgres; created if missing),
   REDIS_URL=redis://127.0.0.1:6379/3, BEHAVRY_VAR_DIR a temp dir, `manage.py migrate`.
 - The demo upstream (`python -m demo.upstream`, the official MCP SDK server) on a free port, registered
   as upstream `bench-echo`, an agent with a fresh token, and an allow policy for the tool `echo`.
 
 Targets, each its own server process on its own port, all up for the whole run:
   direct              the demo upstream itself (uvicorn; uvloop/httptools when installed)
-  fwd-daphne          bench/_forwarder.py under Daphne, httpx client           - the floor for behavry-daphne
-  fwd-uvicorn         bench/_forwarder.py under uvicorn (asyncio loop, h11)    - the floor for behavry-uvicorn
-  fwd-uvloop          bench/_forwarder.py under uvicorn (uvloop, httptools)    - the floor for behavry-uvloop
-  fwd-uvloop-aiohttp  the same with aiohttp's client (if aiohttp is installed)
+  fwd-daphne          bench/_forwarder.py under Daphne, httpx client
+  fwd-uvicorn         bench/_forwarder.py under uvicorn (asyncio loop, h11), httpx client
+  fwd-uvloop          bench/_forwarder.py under uvicorn (uvloop, httptools), httpx client
+  fwd-daphne-aiohttp, fwd-uvicorn-aiohttp, fwd-uvloop-aiohttp
+                      the same with aiohttp's client, as Behavry uses: the floors for behavry-daphne,
+                      behavry-uvicorn and behavry-uvloop
   fwd-uvloop-httpx2   the same with httpx2 (pydantic's httpx fork, installed with the mcp SDK)
   behavry-daphne      `python -m daphne behavry.asgi:application`
   behavry-uvicorn     `python -m uvicorn behavry.asgi:application --loop asyncio --http h11`
@@ -125,7 +127,9 @@ def target_catalog() -> list[Target]:
     return [
         Target("direct", "direct", "uvicorn (demo upstream)"),
         Target("fwd-daphne", "forwarder", "daphne + httpx"),
+        *([Target("fwd-daphne-aiohttp", "forwarder", "daphne + aiohttp")] if HAVE["aiohttp"] else []),
         Target("fwd-uvicorn", "forwarder", "uvicorn asyncio/h11 + httpx"),
+        *([Target("fwd-uvicorn-aiohttp", "forwarder", "uvicorn asyncio/h11 + aiohttp")] if HAVE["aiohttp"] else []),
         *([Target("fwd-uvloop", "forwarder", "uvicorn uvloop/httptools + httpx")] if uv else []),
         *(
             [Target("fwd-uvloop-aiohttp", "forwarder", "uvicorn uvloop/httptools + aiohttp")]
@@ -137,9 +141,14 @@ def target_catalog() -> list[Target]:
             if uv and HAVE["httpx2"]
             else []
         ),
-        Target("behavry-daphne", "behavry", "daphne + httpx", floor="fwd-daphne"),
-        Target("behavry-uvicorn", "behavry", "uvicorn asyncio/h11 + httpx", floor="fwd-uvicorn"),
-        *([Target("behavry-uvloop", "behavry", "uvicorn uvloop/httptools + httpx", floor="fwd-uvloop")] if uv else []),
+        # Behavry's upstream client is aiohttp (proxy/upstream.py): its floor is the aiohttp forwarder.
+        Target("behavry-daphne", "behavry", "daphne + aiohttp", floor="fwd-daphne-aiohttp"),
+        Target("behavry-uvicorn", "behavry", "uvicorn asyncio/h11 + aiohttp", floor="fwd-uvicorn-aiohttp"),
+        *(
+            [Target("behavry-uvloop", "behavry", "uvicorn uvloop/httptools + aiohttp", floor="fwd-uvloop-aiohttp")]
+            if uv
+            else []
+        ),
     ]
 
 
@@ -587,6 +596,10 @@ def count_queries(token: str) -> None:
             sent.append(event)
 
         await endpoint(scope, receive, send)
+        from proxy import handlers
+
+        while handlers._background_tasks:  # the outcome event is written as the answer goes out
+            await asyncio.gather(*list(handlers._background_tasks), return_exceptions=True)
         status = next(e["status"] for e in sent if e["type"] == "http.response.start")
         return status, b"".join(e.get("body", b"") for e in sent if e["type"] == "http.response.body")
 
@@ -666,6 +679,7 @@ LIBRARIES = [
     ("asgiref sync<->async hops", ("asgiref/",)),
     ("thread pool / threading", ("concurrent/futures/", "threading.py", "queue.py")),
     ("httpx/httpcore/anyio/h11 (client)", ("httpx/", "httpcore/", "anyio/", "h11/")),
+    ("aiohttp/yarl/multidict (client)", ("aiohttp/", "yarl/", "multidict/")),
     ("uvicorn/httptools (server)", ("uvicorn/", "httptools")),
     ("daphne/twisted/autobahn (server)", ("daphne/", "twisted/", "autobahn/")),
     ("event loop (asyncio, uvloop native)", ("asyncio/",)),
@@ -790,6 +804,11 @@ def fmt(value: float, width: int = 7, digits: int = 1) -> str:
     return f"{value:>{width}.{digits}f}"
 
 
+def set_database(name: str) -> None:
+    global DB_NAME, DATABASE_URL
+    DB_NAME, DATABASE_URL = name, f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
 def main() -> None:
     global TOKEN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -807,7 +826,9 @@ def main() -> None:
         help="run Daphne and uvicorn without their per-request access log (default: their defaults, log on)",
     )
     parser.add_argument("--no-queries", action="store_true", help="skip the in-process SQL round-trip listing")
+    parser.add_argument("--database", default=DB_NAME, help=f"PostgreSQL database to use ({DB_NAME})")
     opts = parser.parse_args()
+    set_database(opts.database)
     rates = [float(r) for r in opts.rates.split(",") if r.strip()]
 
     catalog = target_catalog()

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -39,6 +41,11 @@ SEED_FILES = {
 
 class Confirmation(BaseModel):
     confirm: bool
+
+
+def _confirmation(question: str) -> Elicit[Confirmation]:
+    # Module level: the tool's annotations are strings (PEP 563), resolved in this module's globals.
+    return Elicit(question, Confirmation)
 
 
 def build_server() -> MCPServer:
@@ -92,12 +99,17 @@ def build_server() -> MCPServer:
         return f"Finished {steps} steps in {seconds}s"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
-    async def ask_user(ctx: Context, question: str) -> str:
-        """Ask the agent's user a yes/no question (an elicitation request to the client)."""
-        result = await ctx.elicit(question, Confirmation)
-        if result.action != "accept" or result.data is None:
-            return f"The user chose {result.action}."
-        return f"The user answered {'yes' if result.data.confirm else 'no'}."
+    async def ask_user(
+        question: str, answer: Annotated[ElicitationResult[Confirmation], Resolve(_confirmation)]
+    ) -> str:
+        """Ask the agent's user a yes/no question.
+
+        Through a resolver, so the SDK asks in the client's era: a mid-call `elicitation/create`
+        request on 2025 sessions, an `input_required` result (MRTR) on 2026-07-28.
+        """
+        if not isinstance(answer, AcceptedElicitation):
+            return f"The user chose {answer.action}."
+        return f"The user answered {'yes' if answer.data.confirm else 'no'}."
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def announce_tools_changed(ctx: Context) -> str:

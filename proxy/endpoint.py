@@ -48,8 +48,18 @@ def _http_error(status: int, message: str, code: int = rpc.INVALID_REQUEST, head
     return HttpError(status, rpc.error_message(None, code, message), headers)
 
 
+def _json_bytes(message: Any) -> bytes:
+    # A lone surrogate (from a \udXXX escape an agent or upstream sent) cannot be UTF-8 encoded;
+    # backslashreplace writes it back as that same JSON escape, so the output stays valid JSON.
+    return json.dumps(message, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def _sse_event(message: Any) -> bytes:
+    return b"event: message\ndata: " + _json_bytes(message) + b"\n\n"
+
+
 async def _send_json(send, status: int, body: dict[str, Any] | None, headers: dict[str, str]) -> None:
-    payload = json.dumps(body, ensure_ascii=False).encode() if body is not None else b""
+    payload = _json_bytes(body) if body is not None else b""
     raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     if body is not None:
         raw_headers.append((b"content-type", b"application/json"))
@@ -253,14 +263,16 @@ class McpEndpoint:
         # disconnect *is* the cancellation. In the 2025 era it is not (the spec says so), and a
         # `notifications/cancelled` is: the call then finishes upstream in the background so its
         # outcome is still audited, but nothing more is sent for it.
-        stop = asyncio.Event()
+        # `halt` finishes when the request should stop. Only a session can be cancelled by
+        # notification; a stateless call watches for the disconnect alone, with one task less.
         cancelled = asyncio.Event()
         session_id = req.session.pk if req.session is not None else None
         if session_id is not None:
             inflight.register(session_id, message["id"], cancelled)
-        watcher = asyncio.ensure_future(_watch(receive, stop, cancelled))
+            halt = asyncio.ensure_future(_watch(receive, cancelled))
+        else:
+            halt = asyncio.ensure_future(_wait_disconnect(receive))
         work = asyncio.ensure_future(handler(req))
-        halt = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done:
@@ -283,7 +295,6 @@ class McpEndpoint:
                 return
             await self._stream(send, req, reply, halt, cancelled)
         finally:
-            watcher.cancel()
             halt.cancel()
             if session_id is not None:
                 inflight.unregister(session_id, message["id"])
@@ -325,14 +336,7 @@ class McpEndpoint:
                 if message is handlers.KEEPALIVE:
                     await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
                     continue
-                data = json.dumps(message, ensure_ascii=False)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": f"event: message\ndata: {data}\n\n".encode(),
-                        "more_body": True,
-                    }
-                )
+                await send({"type": "http.response.body", "body": _sse_event(message), "more_body": True})
                 if message.get("id") == req.message["id"] and ("result" in message or "error" in message):
                     responded = True
             if not cancelled.is_set():
@@ -390,14 +394,7 @@ class McpEndpoint:
                     message = step.result()
                 except (StopAsyncIteration, UpstreamError):
                     break
-                data = json.dumps(message, ensure_ascii=False)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": f"event: message\ndata: {data}\n\n".encode(),
-                        "more_body": True,
-                    }
-                )
+                await send({"type": "http.response.body", "body": _sse_event(message), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
@@ -420,8 +417,8 @@ class McpEndpoint:
         await _send_json(send, 200, None, {})
 
 
-async def _watch(receive, stop: asyncio.Event, cancelled: asyncio.Event) -> None:
-    """Set `stop` when the agent disconnects or cancels this request."""
+async def _watch(receive, cancelled: asyncio.Event) -> None:
+    """Return when the agent disconnects or cancels this request."""
     disconnect = asyncio.ensure_future(_wait_disconnect(receive))
     cancel = asyncio.ensure_future(cancelled.wait())
     try:
@@ -429,7 +426,6 @@ async def _watch(receive, stop: asyncio.Event, cancelled: asyncio.Event) -> None
     finally:
         disconnect.cancel()
         cancel.cancel()
-    stop.set()
 
 
 async def _wait_disconnect(receive) -> None:

@@ -23,7 +23,7 @@ from agents.services import agent_session_open, agent_session_set_upstream
 from audit.services import audit_record
 from behavry.actors import Actor
 from policies.engine import Decision, current_engine
-from proxy import inflight
+from proxy import inflight, mrtr
 from proxy import jsonrpc as rpc
 from proxy.decision import decide_tool_call, fail_closed
 from proxy.identity import AgentIdentity, clear_caches
@@ -219,8 +219,18 @@ def _record(req: McpRequest, **fields: Any):
     )
 
 
+def _db_call(fn):
+    """`fn` on a database thread. On PostgreSQL, any of a small pool of threads (each with its own
+    connection), so one call's audit writes do not queue behind every other call's; SQLite keeps
+    the single thread, since it takes one writer at a time anyway."""
+    return database_sync_to_async(fn, thread_sensitive=not _PARALLEL_DB)
+
+
+_PARALLEL_DB = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
 async def record(req: McpRequest, **fields: Any) -> None:
-    await database_sync_to_async(_record)(req, durable=True, **fields)
+    await _db_call(_record)(req, durable=True, **fields)
 
 
 async def record_best_effort(req: McpRequest, **fields: Any) -> None:
@@ -284,31 +294,36 @@ def _call_details(req: McpRequest, decision: Decision | None = None) -> dict[str
     return details
 
 
-async def handle_tools_call(req: McpRequest) -> Reply:
-    """authenticate (done) -> classify -> decide -> audit the decision (committed) -> forward -> audit the outcome."""
-    msg_id = req.message["id"]
-    params = req.message["params"]
-    tool, arguments = params.get("name"), params.get("arguments", {})
-    if not isinstance(tool, str) or not tool:
-        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'name' must be a non-empty string", id=msg_id)
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'arguments' must be an object", id=msg_id)
-    started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+@dataclass
+class _Decided:
+    decision: Decision
+    action: str
+    resource: str
+    audit_error: Exception | None = None
+
+
+def _decide_and_record(
+    req: McpRequest, *, tool: str, arguments: dict[str, Any], request_id: str, started: float
+) -> _Decided:
+    """Decide and commit the decision event in one trip to the database thread (one hop per call
+    instead of two). Runs off the event loop.
+
+    A decision that raises, or that finishes later than BEHAVRY_DECISION_TIMEOUT_SECONDS after the
+    call arrived (time queued for the database thread included), becomes a system.fail_closed
+    deny, which is what gets recorded. An audit failure is returned, not raised, so the caller
+    can deny with its reason.
+    """
     action, resource = "", ""
     try:
-        outcome = await asyncio.wait_for(
-            database_sync_to_async(decide_tool_call)(
-                identity=req.identity,
-                server_id=req.target.id,
-                server_slug=req.target.slug,
-                tool=tool,
-                arguments=arguments,
-            ),
-            timeout=settings.BEHAVRY_DECISION_TIMEOUT_SECONDS,
+        outcome = decide_tool_call(
+            identity=req.identity,
+            server_id=req.target.id,
+            server_slug=req.target.slug,
+            tool=tool,
+            arguments=arguments,
         )
+        if time.perf_counter() - started > settings.BEHAVRY_DECISION_TIMEOUT_SECONDS:
+            raise TimeoutError("the decision took longer than BEHAVRY_DECISION_TIMEOUT_SECONDS")
         decision = outcome.decision
         action, resource = outcome.classification.action, outcome.classification.resource
     except Exception as exc:  # includes TimeoutError: a slow database is an unavailable one
@@ -316,8 +331,9 @@ async def handle_tools_call(req: McpRequest) -> Reply:
         stats["fail_closed"] += 1
         decision = fail_closed(f"decision error: {type(exc).__name__}")
     try:
-        await record(
+        _record(
             req,
+            durable=True,
             kind="decision",
             tool=tool,
             action=action,
@@ -331,10 +347,43 @@ async def handle_tools_call(req: McpRequest) -> Reply:
             details=_call_details(req, decision),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
-    except Exception as exc:
-        logger.exception("decision audit failed; denying")
+    except Exception as exc:  # noqa: BLE001 - the caller logs it and denies
+        return _Decided(decision, action, resource, exc)
+    return _Decided(decision, action, resource)
+
+
+async def handle_tools_call(req: McpRequest) -> Reply:
+    """authenticate (done) -> classify -> decide -> audit the decision (committed) -> forward -> audit the outcome."""
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    tool, arguments = params.get("name"), params.get("arguments", {})
+    if not isinstance(tool, str) or not tool:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'name' must be a non-empty string", id=msg_id)
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'arguments' must be an object", id=msg_id)
+    if mrtr.is_our_state(params.get("requestState")):
+        # A 2026 agent answering a question its 2025 upstream asked (see forward_call). Checked
+        # before policy, so a forged or stale state is bad input; the retry is then decided like
+        # any call.
+        _parked_token(req, tool, arguments)
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    try:
+        decided = await _db_call(_decide_and_record)(
+            req, tool=tool, arguments=arguments, request_id=request_id, started=started
+        )
+    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
+        logger.exception("decision failed; denying")
         stats["fail_closed"] += 1
         return Reply(body=_result(req, msg_id, denial_result(fail_closed(f"audit unavailable: {type(exc).__name__}"))))
+    decision, action, resource = decided.decision, decided.action, decided.resource
+    if decided.audit_error is not None:
+        logger.error("decision audit failed; denying", exc_info=decided.audit_error)
+        stats["fail_closed"] += 1
+        reason = f"audit unavailable: {type(decided.audit_error).__name__}"
+        return Reply(body=_result(req, msg_id, denial_result(fail_closed(reason))))
 
     if decision.decision == "escalate":
         from proxy.hold import hold_for_approval  # the hold needs the forwarding below
@@ -361,6 +410,23 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     )
 
 
+def _parked_token(req: McpRequest, tool: str, arguments: dict[str, Any]) -> str:
+    params = req.message["params"]
+    if not isinstance(params.get("inputResponses"), dict):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: inputResponses must be an object", id=req.message["id"])
+    try:
+        return mrtr.verify_state(
+            params["requestState"],
+            agent_id=req.identity.agent_id,
+            server_id=req.target.id,
+            tool=tool,
+            arguments=arguments,
+        )
+    except rpc.RpcError as exc:
+        exc.id = req.message["id"]
+        raise
+
+
 async def forward_call(
     req: McpRequest, *, tool: str, action: str, resource: str, policy_id: str, request_id: str, started: float
 ) -> Reply:
@@ -382,6 +448,8 @@ async def forward_call(
             details={"status": status, "is_error": bool(result.get("isError")) if isinstance(result, dict) else None},
         )
 
+    if mrtr.is_our_state(req.message["params"].get("requestState")):
+        return await _resume_parked(req, tool, outcome)
     try:
         upstream = await upstream_send(req, req.message)
         if upstream.streaming:
@@ -393,7 +461,65 @@ async def forward_call(
     except asyncio.CancelledError:
         await outcome(None, "cancelled", "the agent cancelled before the tool answered")
         raise
+    if req.era == "legacy" and mrtr.is_input_required(message):
+        return Reply(stream=_ask_agent(req, message, outcome))
+    # The outcome is committed before the answer goes out (DESIGN §1: outcome -> reply), so an agent
+    # never holds a result the audit trail lacks, even if this process dies right after. Answering
+    # first measured ~1.1 ms lower p50 (bench/README.md); not worth that gap.
     await outcome(message, "error" if "error" in message else "ok")
+    return Reply(body=shape_result(req, message))
+
+
+async def _ask_agent(req: McpRequest, message: dict[str, Any], outcome) -> AsyncGenerator[Any, None]:
+    """A 2025 agent, a 2026 upstream that answered `input_required`: ask the agent (proxy/mrtr.py)."""
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    assert req.session is not None, "a 2025-era agent always has a session"
+
+    async def resend(responses: dict[str, Any], state: Any) -> dict[str, Any]:
+        retry_params = {**params, "inputResponses": responses}
+        if state is not None:
+            retry_params["requestState"] = state
+        retry = {"jsonrpc": "2.0", "id": f"behavry-retry-{uuid.uuid4().hex}", "method": "tools/call"}
+        answer = await first_response(await upstream_send(req, {**retry, "params": retry_params}), retry["id"])
+        return {**answer, "id": msg_id}
+
+    finished = False
+    try:
+        async for item in mrtr.ask_legacy_agent(req.session.pk, message, resend):
+            if item is mrtr.KEEPALIVE:
+                yield KEEPALIVE
+            elif item.get("id") == msg_id and ("result" in item or "error" in item):
+                await outcome(item, "error" if "error" in item else "ok")
+                finished = True
+                yield shape_result(req, item)
+                return
+            else:
+                yield item  # a question for the agent, under an id Behavry owns
+    except (mrtr.InputError, UpstreamError) as exc:
+        await outcome(None, "upstream_error", str(exc))
+        finished = True
+        yield _result(req, msg_id, error_result(str(exc)))
+    finally:
+        if not finished:
+            await outcome(None, "cancelled", "the agent went away while the tool waited for its answer")
+
+
+async def _resume_parked(req: McpRequest, tool: str, outcome) -> Reply:
+    """A 2026 agent's retry with Behavry's requestState: the parked 2025 upstream call goes on."""
+    msg_id = req.message["id"]
+    params = req.message["params"]
+    try:
+        token = _parked_token(req, tool, params.get("arguments") or {})
+        message = await mrtr.resume(token, params["inputResponses"], msg_id)
+    except (rpc.RpcError, mrtr.InputError) as exc:
+        text = exc.message if isinstance(exc, rpc.RpcError) else str(exc)
+        await outcome(None, "upstream_error", text)
+        return Reply(body=_result(req, msg_id, error_result(text)))
+    if mrtr.is_input_required(message):
+        await outcome(message, "input_required")
+    else:
+        await outcome(message, "error" if "error" in message else "ok")
     return Reply(body=shape_result(req, message))
 
 
@@ -402,12 +528,25 @@ async def _relay(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Pass the upstream's stream through (progress, logging, its requests), auditing the response."""
     finished = False
+    handed_off = False
     try:
         async for message in upstream.messages:
             if message.get("id") == msg_id and ("result" in message or "error" in message):
+                if req.era == "legacy" and mrtr.is_input_required(message):
+                    finished = True  # _ask_agent audits the outcome
+                    async for item in _ask_agent(req, message, outcome):
+                        yield item
+                    return
                 await outcome(message, "error" if "error" in message else "ok")
                 finished = True
                 yield shape_result(req, message)
+                return
+            if req.era == "modern" and mrtr.is_server_request(message):
+                # A 2025 upstream asking mid-call; a 2026 agent takes questions only as MRTR.
+                question = _park(req, upstream, message)
+                await outcome(None, "input_required", "the tool asked the agent for input")
+                finished = handed_off = True
+                yield _result(req, msg_id, question)
                 return
             yield message
         await outcome(None, "upstream_error", "upstream ended its stream without answering")
@@ -427,7 +566,28 @@ async def _relay(
     finally:
         if not finished:
             await outcome(None, "cancelled", "the agent went away before the tool answered")
-        await upstream.aclose()
+        if not handed_off:
+            await upstream.aclose()
+
+
+def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) -> dict[str, Any]:
+    params = req.message["params"]
+
+    async def send_upstream(answer: dict[str, Any]) -> None:
+        reply = await upstream_send(req, answer)
+        await reply.aclose()
+
+    parked = mrtr.Parked(
+        agent_id=req.identity.agent_id,
+        server_id=req.target.id,
+        tool=params.get("name", ""),
+        args_hash=mrtr.arguments_hash(params.get("arguments") or {}),
+        upstream_call_id=req.message["id"],
+        messages=upstream.messages,
+        close=upstream.aclose,
+        send_upstream=send_upstream,
+    )
+    return mrtr.park(parked, question)
 
 
 # --- lifecycle: initialize / server/discover -----------------------------------------------------
@@ -657,6 +817,9 @@ async def handle_passthrough(req: McpRequest) -> Reply:
 async def handle_client_message(req: McpRequest) -> Reply:
     """Notifications and responses from the agent (cancellation, answers to upstream requests)."""
     method = req.message.get("method")
+    if req.session is not None and mrtr.is_answer(req.message):
+        await mrtr.deliver_answer(req.session.pk, req.message)  # to the stream that asked (proxy/mrtr.py)
+        return Reply(status=202)
     if method == "notifications/initialized":
         return Reply(status=202)  # Behavry completed the upstream handshake itself
     if method == "notifications/cancelled" and req.session is not None:

@@ -3,6 +3,9 @@
 Each request that can be cancelled registers an asyncio.Event under (session id, request id).
 A cancel notification sets the event if this process holds the request; otherwise it is broadcast
 on the channel layer, where every proxy process listens on one channel and checks its own table.
+
+The same per-process channel carries other "whoever holds this, act on it" messages (see
+`subscribe`); proxy/mrtr.py uses it to reach the process holding a call that waits for input.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -19,6 +23,28 @@ logger = logging.getLogger("behavry.proxy")
 GROUP = "behavry.mcp.cancel"
 _events: dict[tuple[str, str], asyncio.Event] = {}
 _listeners: dict[int, asyncio.Task] = {}
+_handlers: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {}
+_tasks: set[asyncio.Task] = set()
+
+
+def subscribe(message_type: str, handler: Callable[[dict[str, Any]], Coroutine[Any, Any, None]]) -> None:
+    """Run `handler` for each broadcast of `message_type` that reaches this process."""
+    _handlers[message_type] = handler
+
+
+async def broadcast(message: dict[str, Any]) -> bool:
+    """Send `message` to every proxy process (this one included); False without a channel layer."""
+    _ensure_listener()
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    await layer.group_send(GROUP, message)
+    return True
+
+
+def ensure_listening() -> None:
+    """Start this process's listener now, so broadcasts sent from elsewhere reach it."""
+    _ensure_listener()
 
 
 def _key(session_id: str, request_id: Any) -> tuple[str, str]:
@@ -72,5 +98,12 @@ async def _listen() -> None:
             logger.exception("cancel listener: receive failed; retrying")
             await asyncio.sleep(1)
             await layer.group_add(GROUP, channel)
+            continue
+        handler = _handlers.get(message.get("type", ""))
+        if handler is not None:
+            # Its own task: a slow handler (an upstream round trip) must not stall cancellations.
+            task = asyncio.get_running_loop().create_task(handler(message))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
             continue
         cancel_local(message.get("session", ""), message.get("request"))

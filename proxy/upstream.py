@@ -1,19 +1,26 @@
 """Talking to upstream MCP servers over Streamable HTTP, in whichever era each speaks.
 
-One pooled httpx.AsyncClient per upstream per event loop (a Daphne process has one loop). The
+One pooled aiohttp.ClientSession per upstream per event loop (a Daphne process has one loop). The
 agent's token is never forwarded: requests carry only the upstream's own credential header.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import logging
+import os
+import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from proxy.jsonrpc import (
     LATEST_LEGACY,
@@ -29,6 +36,8 @@ logger = logging.getLogger("behavry.proxy.upstream")
 
 BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
 MODERN_ERROR_CODES = {-32020, -32021, -32022}
+# aiohttp's TimeoutErrors are also ClientErrors; they must be checked first to say "timed out".
+CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 class UpstreamError(Exception):
@@ -75,26 +84,139 @@ class UpstreamReply:
             await self._close()
 
 
-_clients: dict[tuple[int, int, str], httpx.AsyncClient] = {}
+@dataclass
+class _Pool:
+    loop: asyncio.AbstractEventLoop
+    session: aiohttp.ClientSession
+    url: URL
+    # What the environment says (HTTP(S)_PROXY, NO_PROXY), read once: aiohttp's trust_env would
+    # re-read it, and ~/.netrc, in a worker thread on every request.
+    proxy: URL | None
+    proxy_auth: aiohttp.BasicAuth | None
 
 
-def client_for(target: UpstreamTarget) -> httpx.AsyncClient:
-    key = (id(asyncio.get_running_loop()), target.id, target.url)
-    client = _clients.get(key)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(target.read_timeout, connect=target.connect_timeout),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
+_pools: dict[tuple[int, int, str], _Pool] = {}
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The CA bundle httpx used (SSL_CERT_FILE, else certifi's), so the same upstreams verify."""
+    cafile = os.environ.get("SSL_CERT_FILE")
+    if not cafile:
+        try:
+            import certifi
+
+            cafile = certifi.where()
+        except ImportError:
+            cafile = None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _discard(pool: _Pool) -> None:
+    """Drop a pool whose loop is gone or ending, without awaiting anything (there may be no loop to
+    await on); otherwise aiohttp reports an unclosed session and connector when it is collected."""
+    connector = pool.session.connector
+    pool.session.detach()
+    if connector is not None:
+        with contextlib.suppress(Exception):
+            connector._close()  # the synchronous part of close(): drop the pooled sockets
+
+
+@atexit.register
+def _discard_all() -> None:
+    for pool in list(_pools.values()):
+        _discard(pool)
+    _pools.clear()
+
+
+def pool_for(target: UpstreamTarget) -> _Pool:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), target.id, target.url)
+    pool = _pools.get(key)
+    if pool is None or pool.loop is not loop or pool.session.closed:
+        if pool is not None:
+            _discard(pool)
+        url = URL(target.url)
+        proxy, proxy_auth = None, None
+        with contextlib.suppress(LookupError):
+            proxy, proxy_auth = get_env_proxy_for_url(url)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=200, limit_per_host=0, ssl=_ssl_context() if url.scheme == "https" else True
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
+            trust_env=False,
         )
-        _clients[key] = client
-    return client
+        pool = _Pool(loop, session, url, proxy, proxy_auth)
+        _pools[key] = pool
+    return pool
 
 
-async def _sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+def _timeout(target: UpstreamTarget, *, read: float | None) -> aiohttp.ClientTimeout:
+    """connect_timeout bounds the TCP/TLS connect; read_timeout bounds each wait for bytes.
+
+    Like httpx.Timeout(read, connect=...): no deadline for the whole answer (a slow tool may
+    stream for longer), and waiting for a free pooled connection is bounded too.
+    """
+    pool_wait = None if read is None else target.connect_timeout + read
+    return aiohttp.ClientTimeout(total=None, connect=pool_wait, sock_connect=target.connect_timeout, sock_read=read)
+
+
+async def _request(
+    target: UpstreamTarget, method: str, headers: dict[str, str], *, data: bytes | None = None, read: float | None
+) -> aiohttp.ClientResponse:
+    pool = pool_for(target)
+    return await pool.session.request(
+        method,
+        pool.url,
+        data=data,
+        headers=headers,
+        timeout=_timeout(target, read=read),
+        allow_redirects=False,
+        proxy=pool.proxy,
+        proxy_auth=pool.proxy_auth,
+    )
+
+
+def _content_type(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _close_response(response: aiohttp.ClientResponse) -> None:
+    """Return a fully read connection to the pool; drop one mid-answer, so the upstream sees the
+    disconnect (for a 2026-07-28 upstream that is the cancellation)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """Lines of a body as SSE defines them (CRLF, CR or LF), of any length."""
+    parts: list[bytes] = []
+    after_cr = False
+    async for chunk in response.content.iter_any():
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        start = 0
+        for match in _LINE_END.finditer(chunk):
+            parts.append(chunk[start : match.start()])
+            yield b"".join(parts).decode("utf-8", "replace")
+            parts = []
+            start = match.end()
+        if start < len(chunk):
+            parts.append(chunk[start:])
+        after_cr = chunk.endswith(b"\r")
+    if parts:
+        yield b"".join(parts).decode("utf-8", "replace")
+
+
+async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are skipped."""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in _lines(response):
         if line == "":
             if data:
                 payload = "\n".join(data)
@@ -138,45 +260,49 @@ async def post(
         request_headers["Mcp-Session-Id"] = session_id
     if protocol_version:
         request_headers["MCP-Protocol-Version"] = protocol_version
-    client = client_for(target)
-    request = client.build_request("POST", target.url, content=json.dumps(message), headers=request_headers)
+    body = json.dumps(message).encode()
     try:
-        response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
+        response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
+    except TimeoutError as exc:
         raise UpstreamError(f"upstream {target.slug} timed out: {type(exc).__name__}") from exc
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream {target.slug} unreachable: {type(exc).__name__}") from exc
 
-    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    status = response.status_code
+    content_type = _content_type(response)
+    status = response.status
+    session_header = response.headers.get("mcp-session-id")
     if session_id and status in (400, 404) and content_type != "text/event-stream":
-        body = await response.aread()
-        await response.aclose()
-        if status == 404 or b"session" in body.lower():
+        try:
+            error_body = await response.read()
+        except CLIENT_ERRORS:
+            error_body = b""
+        finally:
+            _close_response(response)
+        if status == 404 or b"session" in error_body.lower():
             raise UpstreamSessionGone(f"upstream {target.slug} dropped session {session_id[:8]}…")
-        raise UpstreamError(f"upstream {target.slug} answered HTTP {status}: {body[:200]!r}")
+        raise UpstreamError(f"upstream {target.slug} answered HTTP {status}: {error_body[:200]!r}")
 
     async def close():
-        await response.aclose()
+        _close_response(response)
 
     if status == 202:
-        await response.aclose()
-        return UpstreamReply(status, response.headers.get("mcp-session-id"), False, _empty(), None)
+        _close_response(response)
+        return UpstreamReply(status, session_header, False, _empty(), None)
     if content_type == "text/event-stream" and status == 200:
-        return UpstreamReply(status, response.headers.get("mcp-session-id"), True, _sse_messages(response), close)
+        return UpstreamReply(status, session_header, True, _sse_messages(response), close)
     try:
-        body = await response.aread()
-    except httpx.HTTPError as exc:
+        answer = await response.read()
+    except CLIENT_ERRORS as exc:
         raise UpstreamError(f"upstream {target.slug} broke off its answer: {type(exc).__name__}") from exc
     finally:
-        await response.aclose()
+        _close_response(response)
     try:
-        parsed = json.loads(body) if body else None
+        parsed = json.loads(answer) if answer else None
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
         raise UpstreamError(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message")
-    return UpstreamReply(status, response.headers.get("mcp-session-id"), False, _one(parsed), None)
+    return UpstreamReply(status, session_header, False, _one(parsed), None)
 
 
 async def _empty() -> AsyncIterator[dict[str, Any]]:
@@ -296,37 +422,34 @@ async def legacy_initialize(
 
 async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_version: str) -> UpstreamReply | None:
     """Open the upstream's GET stream for server-initiated messages, or None if it offers none."""
-    client = client_for(target)
     headers = {
         "Accept": "text/event-stream",
         "Mcp-Session-Id": session_id,
         "MCP-Protocol-Version": protocol_version,
         **target.auth_headers(),
     }
-    request = client.build_request(
-        "GET", target.url, headers=headers, timeout=httpx.Timeout(None, connect=target.connect_timeout)
-    )
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+        response = await _request(target, "GET", headers, read=None)
+    except CLIENT_ERRORS as exc:
         raise UpstreamError(f"upstream {target.slug} GET stream failed: {type(exc).__name__}") from exc
-    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if response.status_code != 200 or content_type != "text/event-stream":
-        await response.aclose()
+    if response.status != 200 or _content_type(response) != "text/event-stream":
+        _close_response(response)
         return None
 
     async def close():
-        await response.aclose()
+        _close_response(response)
 
     return UpstreamReply(200, session_id, True, _sse_messages(response), close)
 
 
 async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_version: str) -> None:
     """Best-effort DELETE of an upstream session."""
+    headers = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": protocol_version, **target.auth_headers()}
     try:
-        await client_for(target).delete(
-            target.url,
-            headers={"Mcp-Session-Id": session_id, "MCP-Protocol-Version": protocol_version, **target.auth_headers()},
-        )
-    except httpx.HTTPError:
+        response = await _request(target, "DELETE", headers, read=target.read_timeout)
+        try:
+            await response.read()
+        finally:
+            _close_response(response)
+    except CLIENT_ERRORS:
         logger.info("DELETE of upstream session on %s failed; it will expire there", target.slug)

@@ -28,7 +28,7 @@ from tests.conftest import TEST_ACTOR, free_port
 
 
 @pytest.fixture(scope="session")
-def behavry_url():
+def behavry_url(django_db_blocker):
     from behavry.asgi import application
 
     port = free_port()
@@ -54,6 +54,15 @@ def behavry_url():
     asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loops[0]).result(10)
     server.should_exit = True
     thread.join(10)
+    # On PostgreSQL the proxy also keeps a connection in each database pool thread
+    # (proxy.handlers._db_call), which nothing here can reach to close: end them server-side.
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)

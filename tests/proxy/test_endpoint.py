@@ -278,3 +278,11 @@ async def test_a_get_stream_needs_a_session_and_a_2025_era_upstream(url, token):
         # the demo upstream speaks 2026-07-28, which has no GET stream to relay
         response = await http.get(url, headers={**headers, "Mcp-Session-Id": init.headers["mcp-session-id"]})
     assert response.status_code == 405
+
+
+def test_a_lone_surrogate_is_sent_back_as_its_json_escape_not_a_500():
+    from proxy.endpoint import _json_bytes, _sse_event
+
+    message = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "Method not found: x\ud9ce"}}
+    assert json.loads(_json_bytes(message)) == message
+    assert json.loads(_sse_event(message).split(b"data: ", 1)[1]) == message

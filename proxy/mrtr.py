@@ -195,6 +195,18 @@ class Parked:
 
 
 _parked: dict[str, Parked] = {}
+# Tokens this process has already resumed or dropped, so a replayed state is refused at once
+# instead of after ACK_SECONDS of asking the other processes. Bounded: oldest forgotten first.
+_spent: dict[str, None] = {}
+_SPENT_MAX = 10_000
+
+
+def _spend(token: str) -> Parked | None:
+    parked = _parked.pop(token, None)
+    _spent[token] = None
+    while len(_spent) > _SPENT_MAX:
+        _spent.pop(next(iter(_spent)))
+    return parked
 
 
 def is_our_state(state: Any) -> bool:
@@ -231,14 +243,14 @@ def park(parked: Parked, first_question: dict[str, Any]) -> dict[str, Any]:
 
 async def _expire(token: str) -> None:
     # The call's own outcome event ("input_required") already says it stopped at a question.
-    parked = _parked.pop(token, None)
+    parked = _spend(token)
     if parked is not None:
         logger.info("parked call %s expired after %s s without the agent's answer", parked.tool, HOLD_SECONDS)
         await parked.close()
 
 
 def _drop(token: str) -> None:
-    parked = _parked.pop(token, None)
+    parked = _spend(token)
     if parked is None:
         return
     if parked.expiry is not None:
@@ -273,7 +285,7 @@ async def resume(token: str, responses: Any, retry_id: Any) -> dict[str, Any]:
     if token in _parked:
         return await _continue(token, responses, retry_id)
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or token in _spent:
         raise InputError("The call waiting for this answer is no longer held; call the tool again.")
     try:
         reply = await layer.new_channel()
@@ -309,7 +321,7 @@ async def _on_resume_broadcast(message: dict[str, Any]) -> None:
 
 
 async def _continue(token: str, responses: dict[str, Any], retry_id: Any) -> dict[str, Any]:
-    parked = _parked.pop(token, None)
+    parked = _spend(token)
     if parked is None:
         raise InputError("The call waiting for this answer is no longer held; call the tool again.")
     if parked.expiry is not None:

@@ -5,7 +5,8 @@ without touching the disk. Tools cover the cases the proxy must handle:
 
 - read-only: `read_file`, `list_files`, `echo`
 - writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
-- slow with progress: `slow_task`; failing: `fail`; asking the user (elicitation): `ask_user`
+- slow with progress: `slow_task`; failing: `fail`; asking the user (elicitation): `ask_user` (both
+  eras), and the prompt `release_notes` (asks first, 2026-07-28 clients only: MRTR)
 
     python -m demo.upstream --port 8765            # both eras (2026-07-28 and 2025-xx), like SDK servers
     python -m demo.upstream --port 8765 --era legacy  # answers only the initialize handshake era
@@ -28,7 +29,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import ToolAnnotations
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult, ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -137,6 +138,18 @@ def build_server() -> MCPServer:
     def summarize(path: str) -> str:
         """Ask the model to summarize a file."""
         return f"Summarize the file at {path}:\n\n{files.get(path, '(missing)')}"
+
+    @server.prompt()
+    def release_notes(version: str, ctx: Context) -> str | InputRequiredResult:
+        """Draft release notes, after asking the user for the tone (2026-07-28 clients: MRTR)."""
+        answer = (ctx.input_responses or {}).get("tone")
+        if answer is None:
+            schema = {"type": "object", "properties": {"tone": {"type": "string"}}, "required": ["tone"]}
+            ask = ElicitRequest(params=ElicitRequestFormParams(message="Which tone?", requested_schema=schema))
+            return InputRequiredResult(input_requests={"tone": ask}, request_state=f"release:{version}")
+        content = answer.content if hasattr(answer, "content") else (answer or {}).get("content")
+        tone = (content or {}).get("tone", "neutral")
+        return f"Write {tone} release notes for version {version}."
 
     server._behavry_state = {"files": files, "outbox": outbox}  # type: ignore[attr-defined]
     return server

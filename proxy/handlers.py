@@ -471,7 +471,8 @@ async def forward_call(
 
 
 async def _ask_agent(req: McpRequest, message: dict[str, Any], outcome) -> AsyncGenerator[Any, None]:
-    """A 2025 agent, a 2026 upstream that answered `input_required`: ask the agent (proxy/mrtr.py)."""
+    """A 2025 agent, a 2026 upstream that answered `input_required` (tools/call, prompts/get,
+    resources/read): ask the agent, re-send with the answers (proxy/mrtr.py)."""
     msg_id = req.message["id"]
     params = req.message["params"]
     assert req.session is not None, "a 2025-era agent always has a session"
@@ -480,7 +481,7 @@ async def _ask_agent(req: McpRequest, message: dict[str, Any], outcome) -> Async
         retry_params = {**params, "inputResponses": responses}
         if state is not None:
             retry_params["requestState"] = state
-        retry = {"jsonrpc": "2.0", "id": f"behavry-retry-{uuid.uuid4().hex}", "method": "tools/call"}
+        retry = {"jsonrpc": "2.0", "id": f"behavry-retry-{uuid.uuid4().hex}", "method": req.message["method"]}
         answer = await first_response(await upstream_send(req, {**retry, "params": retry_params}), retry["id"])
         return {**answer, "id": msg_id}
 
@@ -797,7 +798,14 @@ async def handle_named_read(req: McpRequest) -> Reply:
             id=msg_id,
             data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
         )
-    return Reply(body=shape_result(req, await _forward_for_response(req)))
+    message = await _forward_for_response(req)
+    if req.era == "legacy" and mrtr.is_input_required(message):
+        return Reply(stream=_ask_agent(req, message, _no_outcome))
+    return Reply(body=shape_result(req, message))
+
+
+async def _no_outcome(*_args: Any) -> None:
+    """Reads are audited by their decision event alone (no outcome event)."""
 
 
 async def handle_passthrough(req: McpRequest) -> Reply:

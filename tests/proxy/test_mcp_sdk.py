@@ -192,7 +192,7 @@ async def test_other_methods_pass_through_and_are_audited(behavry_url, demo_serv
     async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
         prompts = await client.list_prompts()
         resources = await client.list_resources()
-    assert [p.name for p in prompts.prompts] == ["summarize"]
+    assert [p.name for p in prompts.prompts] == ["summarize", "release_notes"]
     assert [str(r.uri) for r in resources.resources] == ["demo://readme"]
     methods = await run_in_thread(
         lambda: set(AuditEvent.objects.filter(policy_id="system.passthrough").values_list("action", flat=True))

@@ -86,6 +86,22 @@ async def test_a_2025_agent_on_a_2026_upstream_is_one_call(behavry_url, demo_ser
     assert await outcomes() == ["ok"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_prompt_that_asks_first_works_for_both_eras_of_agent(behavry_url, demo_server, token, mode):
+    # `release_notes` on the 2026 demo upstream answers prompts/get with input_required.
+    asked = []
+
+    async def answer(context, params):
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"tone": "cheerful"})
+
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode, elicitation_callback=answer) as client:
+        prompt = await client.get_prompt("release_notes", {"version": "2.0"})
+
+    assert asked == ["Which tone?"]
+    assert prompt.messages[0].content.text == "Write cheerful release notes for version 2.0."
+
+
 # --- Behavry's requestState, raw on the wire ------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult, ToolAnnotations
+from mcp_types import ElicitRequest, ElicitRequestFormParams, ElicitResult, InputRequiredResult, ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -147,8 +147,8 @@ def build_server() -> MCPServer:
             schema = {"type": "object", "properties": {"tone": {"type": "string"}}, "required": ["tone"]}
             ask = ElicitRequest(params=ElicitRequestFormParams(message="Which tone?", requested_schema=schema))
             return InputRequiredResult(input_requests={"tone": ask}, request_state=f"release:{version}")
-        content = answer.content if hasattr(answer, "content") else (answer or {}).get("content")
-        tone = (content or {}).get("tone", "neutral")
+        content = answer.content if isinstance(answer, ElicitResult) else None
+        tone = content.get("tone", "neutral") if isinstance(content, dict) else "neutral"
         return f"Write {tone} release notes for version {version}."
 
     server._behavry_state = {"files": files, "outbox": outbox}  # type: ignore[attr-defined]

@@ -58,7 +58,7 @@ STARTER_POLICIES = [
         "name": "Demo utilities are allowed",
         "effect": "allow",
         "servers": ["demo"],
-        "tools": ["echo", "slow_task", "fail", "ask_user"],
+        "tools": ["echo", "slow_task", "fail", "ask_user", "ping_client"],
         "priority": 100,
         "reason": "Harmless demo tools.",
     },

@@ -29,7 +29,16 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import ElicitRequest, ElicitRequestFormParams, ElicitResult, InputRequiredResult, ToolAnnotations
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types import (
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
+    EmptyResult,
+    InputRequiredResult,
+    PingRequest,
+    ToolAnnotations,
+)
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -111,6 +120,18 @@ def build_server() -> MCPServer:
         if not isinstance(answer, AcceptedElicitation):
             return f"The user chose {answer.action}."
         return f"The user answered {'yes' if answer.data.confirm else 'no'}."
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def ping_client(ctx: Context) -> str:
+        """Ping the client mid-call (a 2025-era server-to-client request that is not a question)."""
+        # Tied to this call, so it rides the call's own stream (send_ping() would use the GET stream).
+        await ctx.session.send_request(
+            PingRequest(),
+            EmptyResult,
+            request_read_timeout_seconds=10,
+            metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+        )
+        return "the client answered the ping"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def announce_tools_changed(ctx: Context) -> str:

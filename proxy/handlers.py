@@ -517,6 +517,9 @@ async def _resume_parked(req: McpRequest, tool: str, outcome) -> Reply:
         text = exc.message if isinstance(exc, rpc.RpcError) else str(exc)
         await outcome(None, "upstream_error", text)
         return Reply(body=_result(req, msg_id, error_result(text)))
+    except asyncio.CancelledError:  # a 2026 agent hanging up is its cancellation
+        await asyncio.shield(outcome(None, "cancelled", "the agent cancelled while the tool took its answer"))
+        raise
     if mrtr.is_input_required(message):
         await outcome(message, "input_required")
     else:
@@ -543,6 +546,10 @@ async def _relay(
                 yield shape_result(req, message)
                 return
             if req.era == "modern" and mrtr.is_server_request(message):
+                if message["method"] not in mrtr.INPUT_METHODS:
+                    # ping or anything else a 2026 agent cannot be asked: answered here, not parked.
+                    await _answer_upstream_request(req, message)
+                    continue
                 # A 2025 upstream asking mid-call; a 2026 agent takes questions only as MRTR.
                 question = _park(req, upstream, message)
                 await outcome(None, "input_required", "the tool asked the agent for input")
@@ -571,6 +578,25 @@ async def _relay(
             await upstream.aclose()
 
 
+def _parked_ttl(read_timeout: float | None) -> float:
+    # The upstream's read timeout runs while the call is parked; leave a margin for the retry.
+    if not read_timeout:
+        return mrtr.HOLD_SECONDS
+    return max(1.0, min(mrtr.HOLD_SECONDS, read_timeout - 5))
+
+
+async def _answer_upstream_request(req: McpRequest, request: dict[str, Any]) -> None:
+    if request["method"] == "ping":
+        answer = rpc.result_message(request["id"], {})
+    else:
+        answer = rpc.error_message(request["id"], rpc.METHOD_NOT_FOUND, f"Method not found: {request['method']}")
+    try:
+        reply = await upstream_send(req, answer)
+        await reply.aclose()
+    except UpstreamError as exc:
+        logger.info("could not answer the upstream's %s: %s", request["method"], exc)
+
+
 def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) -> dict[str, Any]:
     params = req.message["params"]
 
@@ -584,6 +610,7 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
         tool=params.get("name", ""),
         args_hash=mrtr.arguments_hash(params.get("arguments") or {}),
         upstream_call_id=req.message["id"],
+        ttl=_parked_ttl(req.target.read_timeout),
         messages=upstream.messages,
         close=upstream.aclose,
         send_upstream=send_upstream,

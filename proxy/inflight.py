@@ -76,6 +76,20 @@ async def cancel(session_id: str, request_id: Any) -> None:
         await layer.group_send(GROUP, {"type": "mcp.cancel", "session": session_id, "request": request_id})
 
 
+GROUP_REFRESH_SECONDS = 3600
+
+
+async def _stay_in_group(layer, channel: str) -> None:
+    """Join again every hour: channels-redis drops group members after `group_expiry` (1 day), after
+    which broadcasts (cancels, answers, resumes) would silently stop reaching this process."""
+    while True:
+        await asyncio.sleep(GROUP_REFRESH_SECONDS)
+        try:
+            await layer.group_add(GROUP, channel)
+        except Exception:  # a Redis hiccup; the next hour tries again
+            logger.exception("could not renew the process bus membership")
+
+
 def _ensure_listener() -> None:
     loop = asyncio.get_running_loop()
     task = _listeners.get(id(loop))
@@ -89,6 +103,8 @@ async def _listen() -> None:
         return
     channel = await layer.new_channel()
     await layer.group_add(GROUP, channel)
+    refresh = asyncio.get_running_loop().create_task(_stay_in_group(layer, channel))
+    _tasks.add(refresh)
     while True:
         try:
             message = await layer.receive(channel)

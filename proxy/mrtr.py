@@ -190,6 +190,9 @@ class Parked:
     close: Callable[[], Coroutine[Any, Any, None]]
     send_upstream: Callable[[dict[str, Any]], Awaitable[None]]  # posts an answer to the upstream session
     pending: dict[str, Any] = field(default_factory=dict)  # input key -> the upstream request's id
+    # How long the agent has. No longer than the upstream stream survives unread: its read timeout
+    # keeps running while the call waits, so past it the answer would reach a broken stream.
+    ttl: float = HOLD_SECONDS
     token: str = ""
     expiry: asyncio.TimerHandle | None = None
 
@@ -228,9 +231,10 @@ def park(parked: Parked, first_question: dict[str, Any]) -> dict[str, Any]:
     parked.pending = {key: first_question["id"]}
     _parked[parked.token] = parked
     loop = asyncio.get_running_loop()
-    parked.expiry = loop.call_later(HOLD_SECONDS, lambda: loop.create_task(_expire(parked.token)))
+    parked.expiry = loop.call_later(parked.ttl, lambda: loop.create_task(_expire(parked.token)))
+    claims = {"t": parked.token, "a": parked.agent_id, "s": parked.server_id, "n": parked.tool, "h": parked.args_hash}
     state = signing.dumps(
-        {"t": parked.token, "a": parked.agent_id, "s": parked.server_id, "n": parked.tool, "h": parked.args_hash},
+        {**claims, "x": int(time.time() + parked.ttl)},
         salt=STATE_SALT,
         compress=False,
     )
@@ -245,7 +249,7 @@ async def _expire(token: str) -> None:
     # The call's own outcome event ("input_required") already says it stopped at a question.
     parked = _spend(token)
     if parked is not None:
-        logger.info("parked call %s expired after %s s without the agent's answer", parked.tool, HOLD_SECONDS)
+        logger.info("parked call %s expired after %s s without the agent's answer", parked.tool, parked.ttl)
         await parked.close()
 
 
@@ -269,6 +273,8 @@ def verify_state(state: str, *, agent_id: int, server_id: int, tool: str, argume
         ) from None
     except signing.BadSignature:
         raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: requestState was not issued by Behavry") from None
+    if time.time() > claims.get("x", 0):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: requestState has expired; call the tool again")
     bound = (claims.get("a"), claims.get("s"), claims.get("n"), claims.get("h"))
     if bound != (agent_id, server_id, tool, arguments_hash(arguments)):
         raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: requestState belongs to a different call")
@@ -295,7 +301,13 @@ async def resume(token: str, responses: Any, retry_id: Any) -> dict[str, Any]:
         ack = await asyncio.wait_for(layer.receive(reply), timeout=ACK_SECONDS)
         if ack.get("kind") != "ack":
             raise TimeoutError
-        done = await asyncio.wait_for(layer.receive(reply), timeout=HOLD_SECONDS)
+        # Two steps: the holder goes on only after this "go", so a late ack (after this retry has
+        # told the agent to call again) leaves the call parked instead of running it a second time.
+        await layer.send(ack["go"], {"type": "mcp.input.go"})
+        while True:  # the holder reports "alive" while the tool works, however long that takes
+            done = await asyncio.wait_for(layer.receive(reply), timeout=3 * KEEPALIVE_SECONDS)
+            if done.get("kind") != "alive":
+                break
     except TimeoutError:
         raise InputError("The call waiting for this answer is no longer held; call the tool again.") from None
     except Exception as exc:  # the channel layer itself failed (Redis down): say so, do not crash
@@ -312,10 +324,19 @@ async def _on_resume_broadcast(message: dict[str, Any]) -> None:
         return  # another process holds it (or nobody does: the retry times out on the ack)
     layer = get_channel_layer()
     reply = message["reply"]
-    await layer.send(reply, {"type": "mcp.input.reply", "kind": "ack"})
+    go = await layer.new_channel()
+    await layer.send(reply, {"type": "mcp.input.reply", "kind": "ack", "go": go})
     try:
-        result = await _continue(token, message.get("responses") or {}, message.get("retry_id"))
-        await layer.send(reply, {"type": "mcp.input.reply", "kind": "done", "message": result})
+        await asyncio.wait_for(layer.receive(go), timeout=ACK_SECONDS)
+    except TimeoutError:
+        return  # the retry gave up before our ack arrived; the call stays parked for a new one
+    work = asyncio.ensure_future(_continue(token, message.get("responses") or {}, message.get("retry_id")))
+    while not work.done():
+        await asyncio.wait({work}, timeout=KEEPALIVE_SECONDS)
+        if not work.done():
+            await layer.send(reply, {"type": "mcp.input.reply", "kind": "alive"})
+    try:
+        await layer.send(reply, {"type": "mcp.input.reply", "kind": "done", "message": work.result()})
     except InputError as exc:
         await layer.send(reply, {"type": "mcp.input.reply", "kind": "error", "text": str(exc)})
 

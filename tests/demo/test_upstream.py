@@ -13,6 +13,7 @@ EXPECTED_TOOLS = {
     "send_email",
     "slow_task",
     "ask_user",
+    "ping_client",
     "announce_tools_changed",
     "show_credentials",
     "fail",

@@ -72,6 +72,7 @@ async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url
         "slow_task",
         "fail",
         "ask_user",
+        "ping_client",
         "announce_tools_changed",
         "show_credentials",
     }

@@ -348,3 +348,31 @@ async def test_an_agent_cannot_pile_up_parked_calls(monkeypatch):
         for token in [*tokens, other.token]:
             if token in mrtr._parked:
                 mrtr._drop(token)
+
+
+async def test_a_ping_from_a_2025_upstream_is_answered_by_behavry_not_parked(behavry_url, legacy_server, token):
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "2026-07-28") as client:
+        result = await client.call_tool("ping_client", {})
+    assert not result.is_error
+    assert result.content[0].text == "the client answered the ping"
+
+
+@pytest.mark.parametrize(
+    ("read_timeout", "ttl"), [(300.0, 295.0), (30.0, 25.0), (3.0, 1.0), (None, 600.0), (9999.0, 600.0)]
+)
+def test_a_parked_call_is_held_no_longer_than_its_upstream_stream_survives(read_timeout, ttl):
+    from proxy.handlers import _parked_ttl
+
+    assert _parked_ttl(read_timeout) == ttl
+
+
+def test_a_state_past_its_own_expiry_is_refused():
+    from django.core import signing
+
+    claims = {"t": "tok", "a": 1, "s": 2, "n": "ask_user", "h": mrtr.arguments_hash({}), "x": 1}
+    state = mrtr.STATE_PREFIX + signing.dumps(claims, salt=mrtr.STATE_SALT, compress=False)
+    with pytest.raises(Exception, match="expired"):
+        mrtr.verify_state(state, agent_id=1, server_id=2, tool="ask_user", arguments={})
+    claims["x"] = 2**40
+    fresh = mrtr.STATE_PREFIX + signing.dumps(claims, salt=mrtr.STATE_SALT, compress=False)
+    assert mrtr.verify_state(fresh, agent_id=1, server_id=2, tool="ask_user", arguments={}) == "tok"

@@ -376,3 +376,10 @@ def test_a_state_past_its_own_expiry_is_refused():
     claims["x"] = 2**40
     fresh = mrtr.STATE_PREFIX + signing.dumps(claims, salt=mrtr.STATE_SALT, compress=False)
     assert mrtr.verify_state(fresh, agent_id=1, server_id=2, tool="ask_user", arguments={}) == "tok"
+
+
+async def test_a_ping_tool_on_a_2026_upstream_says_there_is_no_ping(behavry_url, demo_server, token):
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "legacy") as client:
+        result = await client.call_tool("ping_client", {})
+    assert not result.is_error
+    assert result.content[0].text.startswith("no ping on this protocol era")

@@ -8,6 +8,7 @@ JSON body, or a stream of JSON-RPC messages to send as SSE.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -174,6 +175,12 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
             session_id=session.upstream_session_id or None,
             protocol_version=session.upstream_protocol_version,
         )
+
+
+async def upstream_post(req: McpRequest, message: dict[str, Any]) -> None:
+    """Send a message that has no answer of its own (a response, a notification) upstream."""
+    reply = await upstream_send(req, message)
+    await reply.aclose()
 
 
 def shape_result(req: McpRequest, message: dict[str, Any]) -> dict[str, Any]:
@@ -591,19 +598,13 @@ async def _answer_upstream_request(req: McpRequest, request: dict[str, Any]) -> 
     else:
         answer = rpc.error_message(request["id"], rpc.METHOD_NOT_FOUND, f"Method not found: {request['method']}")
     try:
-        reply = await upstream_send(req, answer)
-        await reply.aclose()
+        await upstream_post(req, answer)
     except UpstreamError as exc:
         logger.info("could not answer the upstream's %s: %s", request["method"], exc)
 
 
 def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) -> dict[str, Any]:
     params = req.message["params"]
-
-    async def send_upstream(answer: dict[str, Any]) -> None:
-        reply = await upstream_send(req, answer)
-        await reply.aclose()
-
     parked = mrtr.Parked(
         agent_id=req.identity.agent_id,
         server_id=req.target.id,
@@ -613,7 +614,7 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
         ttl=_parked_ttl(req.target.read_timeout),
         messages=upstream.messages,
         close=upstream.aclose,
-        send_upstream=send_upstream,
+        send_upstream=functools.partial(upstream_post, req),
     )
     return mrtr.park(parked, question)
 
@@ -865,8 +866,7 @@ async def handle_client_message(req: McpRequest) -> Reply:
     if era == "modern" and method is not None:
         return Reply(status=202)  # a stateless upstream takes no notifications over HTTP
     try:
-        reply = await upstream_send(req, req.message)
-        await reply.aclose()
+        await upstream_post(req, req.message)
     except UpstreamError as exc:
         logger.info("could not relay %s upstream: %s", method or "response", exc)
     return Reply(status=202)

@@ -34,17 +34,12 @@ def subscribe(message_type: str, handler: Callable[[dict[str, Any]], Coroutine[A
 
 async def broadcast(message: dict[str, Any]) -> bool:
     """Send `message` to every proxy process (this one included); False without a channel layer."""
-    _ensure_listener()
+    ensure_listening()
     layer = get_channel_layer()
     if layer is None:
         return False
     await layer.group_send(GROUP, message)
     return True
-
-
-def ensure_listening() -> None:
-    """Start this process's listener now, so broadcasts sent from elsewhere reach it."""
-    _ensure_listener()
 
 
 def _key(session_id: str, request_id: Any) -> tuple[str, str]:
@@ -53,7 +48,7 @@ def _key(session_id: str, request_id: Any) -> tuple[str, str]:
 
 def register(session_id: str, request_id: Any, event: asyncio.Event) -> None:
     _events[_key(session_id, request_id)] = event
-    _ensure_listener()
+    ensure_listening()
 
 
 def unregister(session_id: str, request_id: Any) -> None:
@@ -90,7 +85,8 @@ async def _stay_in_group(layer, channel: str) -> None:
             logger.exception("could not renew the process bus membership")
 
 
-def _ensure_listener() -> None:
+def ensure_listening() -> None:
+    """Start this process's listener (once per event loop), so broadcasts from elsewhere reach it."""
     loop = asyncio.get_running_loop()
     task = _listeners.get(id(loop))
     if task is None or task.done():

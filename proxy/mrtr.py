@@ -216,10 +216,6 @@ def is_our_state(state: Any) -> bool:
     return isinstance(state, str) and state.startswith(STATE_PREFIX)
 
 
-def _question_key(index: int) -> str:
-    return f"q{index}"
-
-
 def park(parked: Parked, first_question: dict[str, Any]) -> dict[str, Any]:
     """Hold `parked` in this process; the `input_required` result to send the agent instead."""
     inflight.ensure_listening()
@@ -227,7 +223,7 @@ def park(parked: Parked, first_question: dict[str, Any]) -> dict[str, Any]:
     for token in mine[: max(0, len(mine) - MAX_PARKED_PER_AGENT + 1)]:  # oldest first (dict order)
         _drop(token)
     parked.token = secrets.token_urlsafe(18)
-    key = _question_key(len(parked.pending))
+    key = "q0"  # one question per round: a 2025 server asks one at a time and waits
     parked.pending = {key: first_question["id"]}
     _parked[parked.token] = parked
     loop = asyncio.get_running_loop()

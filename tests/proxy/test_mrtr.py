@@ -16,6 +16,7 @@ from audit.models import AuditEvent
 from policies.engine import engine_cache
 from policies.services import policy_create
 from proxy import mrtr
+from proxy.jsonrpc import RpcError
 from tests.conftest import TEST_ACTOR
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 from tests.proxy.test_endpoint import ACCEPT, modern_call, modern_headers, post
@@ -371,7 +372,7 @@ def test_a_state_past_its_own_expiry_is_refused():
 
     claims = {"t": "tok", "a": 1, "s": 2, "n": "ask_user", "h": mrtr.arguments_hash({}), "x": 1}
     state = mrtr.STATE_PREFIX + signing.dumps(claims, salt=mrtr.STATE_SALT, compress=False)
-    with pytest.raises(Exception, match="expired"):
+    with pytest.raises(RpcError, match="expired"):
         mrtr.verify_state(state, agent_id=1, server_id=2, tool="ask_user", arguments={})
     claims["x"] = 2**40
     fresh = mrtr.STATE_PREFIX + signing.dumps(claims, salt=mrtr.STATE_SALT, compress=False)

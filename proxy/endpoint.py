@@ -51,7 +51,10 @@ def _http_error(status: int, message: str, code: int = rpc.INVALID_REQUEST, head
 def _json_bytes(message: Any) -> bytes:
     # A lone surrogate (from a \udXXX escape an agent or upstream sent) cannot be UTF-8 encoded;
     # backslashreplace writes it back as that same JSON escape, so the output stays valid JSON.
-    return json.dumps(message, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return _compact_json(message).encode("utf-8", "backslashreplace")
+
+
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _sse_event(message: Any) -> bytes:

@@ -8,16 +8,20 @@ JSON body, or a stream of JSON-RPC messages to send as SSE.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from agents.models import AgentSession, SessionEra
 from agents.services import agent_session_open, agent_session_set_upstream
@@ -230,10 +234,34 @@ def _db_call(fn):
     """`fn` on a database thread. On PostgreSQL, any of a small pool of threads (each with its own
     connection), so one call's audit writes do not queue behind every other call's; SQLite keeps
     the single thread, since it takes one writer at a time anyway."""
-    return database_sync_to_async(fn, thread_sensitive=not _PARALLEL_DB)
+    if not _PARALLEL_DB:
+        return database_sync_to_async(fn)
+    return functools.partial(_in_db_pool, fn)
 
 
 _PARALLEL_DB = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+# Sized like asyncio's default executor (which database_sync_to_async(thread_sensitive=False)
+# used before): at most this many PostgreSQL connections per proxy process.
+_DB_POOL = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="behavry-db")
+
+
+async def _in_db_pool(fn, *args: Any, **kwargs: Any) -> Any:
+    """What database_sync_to_async(thread_sensitive=False) does, without building an asgiref
+    wrapper per call: measured 181 against 94 microseconds of CPU per hop, two hops per tool call.
+    The context is copied (contextvars reach the thread) and stale connections are closed before
+    and after, as Django's request cycle would."""
+    # submit + wrap_future rather than loop.run_in_executor, whose coroutine-function check on the
+    # partial cost another ~30 microseconds.
+    future = _DB_POOL.submit(contextvars.copy_context().run, _run_with_connection_upkeep, fn, args, kwargs)
+    return await asyncio.wrap_future(future)
+
+
+def _run_with_connection_upkeep(fn, args: tuple, kwargs: dict[str, Any]) -> Any:
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        close_old_connections()
 
 
 async def record(req: McpRequest, **fields: Any) -> None:

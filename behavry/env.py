@@ -69,6 +69,15 @@ def env_list(name: str, default: list[str], *, environ: Mapping[str, str] | None
     return [item.strip() for item in environ[name].split(",") if item.strip()]
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...], *, environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    raw = environ.get(name, default)
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+    return value
+
+
 _RATE_PERIODS = {
     "s": "second",
     "sec": "second",

@@ -543,7 +543,7 @@ def register(upstream_url: str) -> str:
 # --- SQL round trips per call (in-process, libpq trace) ------------------------------------------------
 
 
-def count_queries(token: str) -> None:
+def count_queries(token: str, calls: int = 0) -> None:
     """Drive McpEndpoint in this process and list every PostgreSQL round trip of one allowed call.
 
     async_to_sync makes this thread the one that runs every database_sync_to_async step, so the Django
@@ -635,6 +635,11 @@ def count_queries(token: str) -> None:
             text = " ".join(sql.split())
             print(f"    {i:>2}. {text[:150]}{'…' if len(text) > 150 else ''}")
 
+    from proxy import handlers
+
+    # On PostgreSQL the handlers' database steps run on a pool of threads with their own
+    # connections, out of this trace's reach; here they run on this thread (the SQL is the same).
+    parallel, handlers._PARALLEL_DB = handlers._PARALLEL_DB, False
     print("\nSQL per allowed tools/call (in-process McpEndpoint, libpq protocol trace)")
     async_to_sync(call)(1)  # era detection, catalog, caches
     async_to_sync(call)(2)
@@ -648,6 +653,29 @@ def count_queries(token: str) -> None:
         f"  the extra {len(trips2) - len(trips)} round trips recur at most once a second (identity, upstream) and"
         " twice a second (policy version) per process: <0.05 per call at 100 calls/s"
     )
+    handlers._PARALLEL_DB = parallel
+    if calls:
+        # Behavry's own code without any HTTP server: sequential calls, database steps on the pool
+        # threads as in production; CPU of this whole process (client side of the upstream call
+        # included), median of 3 runs. Less noisy than the server windows below.
+        import uvloop
+
+        async def run() -> list[tuple[float, float]]:
+            for i in range(200):
+                await call(10 + i)
+            out = []
+            for _ in range(3):
+                c0, t0 = time.process_time(), time.perf_counter()
+                for i in range(calls):
+                    await call(1000 + i)
+                out.append(((time.process_time() - c0) / calls * 1000, (time.perf_counter() - t0) / calls * 1000))
+            return out
+
+        runs = sorted(uvloop.run(run()))
+        print(
+            f"  in-process, no HTTP server, {calls} sequential calls x3: {runs[1][0]:.2f} ms CPU per call (median;"
+            f" runs {', '.join(f'{c:.2f}' for c, _ in runs)}), {sorted(w for _, w in runs)[1]:.2f} ms wall per call"
+        )
     from django.db import connections
 
     connections.close_all()
@@ -822,6 +850,13 @@ def main() -> None:
         help="run Daphne and uvicorn without their per-request access log (default: their defaults, log on)",
     )
     parser.add_argument("--no-queries", action="store_true", help="skip the in-process SQL round-trip listing")
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with the SQL listing: CPU per call of N sequential in-process calls, no server (1000; 0 skips)",
+    )
     parser.add_argument("--database", default=DB_NAME, help=f"PostgreSQL database to use ({DB_NAME})")
     opts = parser.parse_args()
     set_database(opts.database)
@@ -892,7 +927,7 @@ def main() -> None:
         print(f"upstream (demo, official MCP SDK): {upstream_url}")
 
         if not opts.no_queries:
-            count_queries(TOKEN)
+            count_queries(TOKEN, opts.in_process)
         from django.db import connections
 
         connections.close_all()

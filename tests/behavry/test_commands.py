@@ -63,3 +63,43 @@ def test_demo_is_idempotent_and_issues_fresh_tokens(settings, tmp_path):
         assert agent_token_authenticate(new[name]) is not None
     # the admin login stays the same across runs
     assert first.splitlines()[-1] == second.splitlines()[-1]
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+def test_run_embedded_serves_http_and_the_mcp_endpoint_with_either_asgi_server(server, tmp_path):
+    """The web process `make run` starts (BEHAVRY_ASGI_SERVER): health, and the MCP route asking
+    for a token, which only Channels' router under that server can answer."""
+    import os
+    import subprocess
+    import time
+
+    import httpx
+
+    from demo.management.commands.run_embedded import asgi_server_command
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "BEHAVRY_VAR_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)  # neither answer below touches the database
+    proc = subprocess.Popen(
+        asgi_server_command(server, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline, health = time.monotonic() + 30, None
+        while health is None and time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=1)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        if health is None:
+            proc.kill()
+            pytest.fail(f"{server} did not start: {proc.stderr.read().decode()[-2000:]}")
+        assert health.status_code == 200
+        denied = httpx.post(f"{url}/mcp/anything", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=5)
+        assert denied.status_code == 401
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+        assert "uvicorn" not in denied.headers.get("server", "")
+    finally:
+        proc.terminate()
+        proc.wait(10)

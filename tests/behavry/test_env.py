@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from behavry.env import ConfigError, env_bool, env_int, env_list, env_rate, parse_database_url
+from behavry.env import ConfigError, env_bool, env_choice, env_int, env_list, env_rate, parse_database_url
 
 SQLITE_DEFAULT = Path("var/behavry-default.sqlite3")
 
@@ -35,6 +35,14 @@ def test_it_refuses_bad_integers_naming_the_variable(environ, message):
 def test_it_refuses_a_non_boolean():
     with pytest.raises(ConfigError, match="not a boolean"):
         env_bool("X", False, environ={"X": "maybe"})
+
+
+def test_it_reads_a_choice_and_refuses_others_naming_them():
+    choices = ("uvicorn", "daphne")
+    assert env_choice("X", "uvicorn", choices, environ={}) == "uvicorn"
+    assert env_choice("X", "uvicorn", choices, environ={"X": " Daphne "}) == "daphne"
+    with pytest.raises(ConfigError, match="X='gunicorn' is not one of: uvicorn, daphne"):
+        env_choice("X", "uvicorn", choices, environ={"X": "gunicorn"})
 
 
 def test_it_defaults_to_sqlite_in_var():

@@ -31,6 +31,32 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
+def asgi_server_command(server: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The ASGI server's command line: uvicorn with uvloop and httptools (the default, measured
+    cheaper per proxied call in bench/README.md) or Daphne. Both serve HTTP, SSE and websockets
+    through Channels; neither needs lifespan events."""
+    app = "behavry.asgi:application"
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), app]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--lifespan",
+        "off",
+        "--no-server-header",
+    ]
+
+
 class Command(BaseCommand):
     help = "Run Behavry with demo data in the foreground (ASGI server, Celery worker with beat, demo upstream)."
 
@@ -43,7 +69,7 @@ class Command(BaseCommand):
         demo = demo_load(upstream_port=upstream_port)
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "behavry.asgi:application"],
+            "web": asgi_server_command(settings.BEHAVRY_ASGI_SERVER, port),
             "celery": [
                 python,
                 "-m",

@@ -5,8 +5,9 @@ without touching the disk. Tools cover the cases the proxy must handle:
 
 - read-only: `read_file`, `list_files`, `echo`
 - writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
-- slow with progress: `slow_task`; failing: `fail`; asking the user (elicitation): `ask_user` (both
-  eras), and the prompt `release_notes` (asks first, 2026-07-28 clients only: MRTR)
+- slow with progress: `slow_task` (and `task_status`, how a tagged run ended); failing: `fail`
+- asking the user (elicitation): `ask_user` (both eras), and the prompt `release_notes` (asks
+  first, 2026-07-28 clients only: MRTR)
 
     python -m demo.upstream --port 8765            # both eras (2026-07-28 and 2025-xx), like SDK servers
     python -m demo.upstream --port 8765 --era legacy  # answers only the initialize handshake era
@@ -62,6 +63,7 @@ def _confirmation(question: str) -> Elicit[Confirmation]:
 def build_server() -> MCPServer:
     files: dict[str, str] = dict(SEED_FILES)
     outbox: list[dict[str, str]] = []
+    task_runs: dict[str, str] = {}
     server = MCPServer(name="behavry-demo-upstream", version="1.0.0", instructions="Demo tools behind Behavry.")
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
@@ -101,13 +103,28 @@ def build_server() -> MCPServer:
         return f"Queued email #{len(outbox)} to {to}"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
-    async def slow_task(ctx: Context, seconds: float = 1.0, steps: int = 4) -> str:
-        """Work for `seconds`, reporting progress `steps` times."""
+    async def slow_task(ctx: Context, seconds: float = 1.0, steps: int = 4, tag: str = "") -> str:
+        """Work for `seconds`, reporting progress `steps` times. With a `tag`, `task_status` tells
+        afterwards whether the run finished or was cancelled (what a client's cancel reached)."""
         steps = max(1, min(int(steps), 100))
-        for step in range(1, steps + 1):
-            await anyio.sleep(max(0.0, float(seconds)) / steps)
-            await ctx.report_progress(step, steps, f"step {step}/{steps}")
+        if tag:
+            task_runs[tag] = "running"
+        try:
+            for step in range(1, steps + 1):
+                await anyio.sleep(max(0.0, float(seconds)) / steps)
+                await ctx.report_progress(step, steps, f"step {step}/{steps}")
+        except anyio.get_cancelled_exc_class():
+            if tag:
+                task_runs[tag] = "cancelled"
+            raise
+        if tag:
+            task_runs[tag] = "finished"
         return f"Finished {steps} steps in {seconds}s"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    def task_status(tag: str) -> str:
+        """How the `slow_task` run with this tag ended: running, finished, cancelled or unknown."""
+        return task_runs.get(tag, "unknown")
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def ask_user(

@@ -280,6 +280,11 @@ class McpEndpoint:
             done, _ = await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done:
                 self._abandon(req, work, cancelled.is_set())
+                if cancelled.is_set():
+                    # A 2025 agent's notifications/cancelled: no response for the request (the
+                    # spec says so), yet its HTTP exchange must end, as an empty event stream.
+                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             try:
                 reply = work.result()
@@ -321,14 +326,14 @@ class McpEndpoint:
                 done, _ = await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
                 if step not in done:
                     if responded:  # the answer is out; a hang-up now cancels nothing
-                        step.cancel()
+                        await _stop(step)
                         break
                     is_cancel = req.era == "modern" or cancelled.is_set()
                     if not is_cancel and reply.drain_on_disconnect:
                         _background(_drain_stream(step, stream))  # finish upstream, audit, discard
                         handed_off = True
                     else:
-                        step.cancel()
+                        await _stop(step)
                         if is_cancel and reply.on_cancel is not None:
                             await asyncio.shield(reply.on_cancel())
                     break
@@ -379,17 +384,18 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         messages = upstream.messages
+        step: asyncio.Future | None = None
         try:
             while True:
-                step = asyncio.ensure_future(anext(messages))
+                # One pending read survives keepalives: cancelling it would end the generator.
+                step = step or asyncio.ensure_future(anext(messages))
                 done, _ = await asyncio.wait(
                     {step, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )
                 if gone in done:
-                    step.cancel()
+                    await _stop(step)
                     return
                 if step not in done:
-                    step.cancel()
                     # An idle stream still shows signs of life, so proxies and clients keep it open.
                     await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
                     continue
@@ -397,6 +403,7 @@ class McpEndpoint:
                     message = step.result()
                 except (StopAsyncIteration, UpstreamError):
                     break
+                step = None
                 await send({"type": "http.response.body", "body": _sse_event(message), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -418,6 +425,14 @@ class McpEndpoint:
         if session.upstream_session_id:
             await legacy_terminate(target, session.upstream_session_id, session.upstream_protocol_version)
         await _send_json(send, 200, None, {})
+
+
+async def _stop(step: asyncio.Future) -> None:
+    """Cancel a pending `anext(stream)` and let the generator unwind (its finally blocks audit the
+    cancellation) before the stream is closed: closing a generator that is still running in the
+    step raises RuntimeError instead."""
+    step.cancel()
+    await asyncio.wait({step})
 
 
 async def _watch(receive, cancelled: asyncio.Event) -> None:

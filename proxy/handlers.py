@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,7 @@ logger = logging.getLogger("behavry.proxy")
 
 SERVER_INFO = {"name": "behavry", "version": "0.1.0"}
 PASSTHROUGH = "system.passthrough"
+INVALID_REQUEST_STATE = "system.invalid_request_state"
 CACHEABLE_METHODS = {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
 stats = {"fail_closed": 0, "outcome_audit_failed": 0}
 
@@ -62,6 +63,10 @@ class McpRequest:
     protocol_version: str
     message: dict[str, Any]
     session: AgentSession | None = None
+    # The id this request went upstream under on a 2025-era bridge session (_bridged_request_id),
+    # and that upstream session: (session id, protocol version).
+    bridged_id: str | None = None
+    bridged_via: tuple[str, str] | None = None
 
     @property
     def actor(self) -> Actor:
@@ -164,8 +169,11 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
         return await post(req.target, wrapped, headers=headers)
     session = await _upstream_session(req)
     outgoing = legacy_request(message)
+    sent_id = _bridged_request_id(req, outgoing)
+    if sent_id is not None:
+        outgoing = {**outgoing, "id": sent_id}
     try:
-        return await post(
+        reply = await post(
             req.target,
             outgoing,
             session_id=session.upstream_session_id or None,
@@ -173,12 +181,65 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
         )
     except UpstreamSessionGone:
         session = await _upstream_session(req, renew=True)
-        return await post(
+        reply = await post(
             req.target,
             outgoing,
             session_id=session.upstream_session_id or None,
             protocol_version=session.upstream_protocol_version,
         )
+    if sent_id is not None:
+        reply.messages = _answering_as(reply.messages, sent_id, message["id"])
+        if sent_id == req.bridged_id:
+            # The cancel must name the session the call went on: two first calls at once can each
+            # open an upstream session, and the bridge row keeps only the last.
+            req.bridged_via = (session.upstream_session_id, session.upstream_protocol_version)
+    return reply
+
+
+def _bridged_request_id(req: McpRequest, message: dict[str, Any]) -> str | None:
+    """The id a 2026 agent's request carries on its shared 2025-era bridge session, or None.
+
+    Every stateless call of one agent to one 2025 upstream shares a single upstream session, and
+    stateless clients number requests freely (many send id 1 every time). Two calls in flight
+    under one id on one session would cross, so each goes upstream under an id Behavry owns, and
+    the answer gets the agent's id back (_answering_as). A 2025 agent's own session keeps its ids:
+    that agent already keeps them unique, and its notifications/cancelled names them.
+    """
+    if req.session is not None or "method" not in message or message.get("id") is None:
+        return None
+    sent_id = f"behavry-{uuid.uuid4().hex}"
+    if message.get("id") == req.message.get("id"):
+        req.bridged_id = sent_id  # the agent's own request: what a cancel must name upstream
+    return sent_id
+
+
+async def _answering_as(messages: AsyncIterator[dict[str, Any]], sent_id: str, agent_id: Any):
+    try:
+        async for message in messages:
+            if message.get("id") == sent_id and "method" not in message:
+                message = {**message, "id": agent_id}
+            yield message
+    finally:
+        aclose = getattr(messages, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def cancel_bridged(req: McpRequest, reason: str) -> None:
+    """A 2026 agent cancelled (hung up on) a call Behavry carries on a 2025-era bridge session: a
+    closed HTTP stream does not stop a 2025 server's work, a notifications/cancelled does."""
+    if req.bridged_id is None or req.bridged_via is None:
+        return
+    params = {"requestId": req.bridged_id, "reason": reason}
+    note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+    session_id, version = req.bridged_via
+    try:
+        reply = await asyncio.wait_for(
+            post(req.target, note, session_id=session_id or None, protocol_version=version), timeout=5
+        )
+        await reply.aclose()
+    except (UpstreamError, TimeoutError) as exc:
+        logger.info("could not tell the upstream that request %s was cancelled: %s", req.bridged_id, exc)
 
 
 async def upstream_post(req: McpRequest, message: dict[str, Any]) -> None:
@@ -398,13 +459,27 @@ async def handle_tools_call(req: McpRequest) -> Reply:
         arguments = {}
     if not isinstance(arguments, dict):
         raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'arguments' must be an object", id=msg_id)
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
     if mrtr.is_our_state(params.get("requestState")):
         # A 2026 agent answering a question its 2025 upstream asked (see forward_call). Checked
         # before policy, so a forged or stale state is bad input; the retry is then decided like
-        # any call.
-        _parked_token(req, tool, arguments)
-    started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+        # any call. A state that does not verify is recorded: forging one is worth a look.
+        try:
+            _parked_token(req, tool, arguments)
+        except rpc.RpcError as exc:
+            await record_best_effort(
+                req,
+                kind="decision",
+                tool=tool,
+                decision="deny",
+                policy_id=INVALID_REQUEST_STATE,
+                reason=exc.message,
+                request_id=request_id,
+                arguments=arguments,
+                details=_call_details(req),
+            )
+            raise
     try:
         decided = await _db_call(_decide_and_record)(
             req, tool=tool, arguments=arguments, request_id=request_id, started=started
@@ -494,7 +569,9 @@ async def forward_call(
         await outcome(None, "upstream_error", str(exc))
         return Reply(body=_result(req, msg_id, error_result(f"Behavry could not reach the tool's server: {exc}")))
     except asyncio.CancelledError:
-        await outcome(None, "cancelled", "the agent cancelled before the tool answered")
+        reason = "the agent cancelled before the tool answered"
+        await asyncio.shield(cancel_bridged(req, reason))
+        await outcome(None, "cancelled", reason)
         raise
     if req.era == "legacy" and mrtr.is_input_required(message):
         return Reply(stream=_ask_agent(req, message, outcome))
@@ -608,7 +685,9 @@ async def _relay(
         raise
     finally:
         if not finished:
-            await outcome(None, "cancelled", "the agent went away before the tool answered")
+            reason = "the agent went away before the tool answered"
+            await asyncio.shield(cancel_bridged(req, reason))
+            await outcome(None, "cancelled", reason)
         if not handed_off:
             await upstream.aclose()
 

@@ -12,6 +12,7 @@ EXPECTED_TOOLS = {
     "delete_file",
     "send_email",
     "slow_task",
+    "task_status",
     "ask_user",
     "ping_client",
     "announce_tools_changed",
@@ -64,3 +65,10 @@ async def test_it_refuses_a_foreign_origin(demo_upstream):
             headers={"Origin": "http://evil.example", "Accept": "application/json, text/event-stream"},
         )
     assert response.status_code == 403
+
+
+async def test_task_status_tells_how_a_tagged_run_ended(demo_upstream):
+    async with Client(demo_upstream, mode="legacy") as client:
+        assert (await client.call_tool("task_status", {"tag": "demo-t1"})).content[0].text == "unknown"
+        await client.call_tool("slow_task", {"seconds": 0.1, "steps": 1, "tag": "demo-t1"})
+        assert (await client.call_tool("task_status", {"tag": "demo-t1"})).content[0].text == "finished"

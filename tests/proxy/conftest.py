@@ -110,7 +110,16 @@ def starter_policies(transactional_db, agent_and_token):
         {
             "name": "utilities",
             "effect": "allow",
-            "tools": ["echo", "slow_task", "fail", "ask_user", "ping_client", "announce_*", "show_credentials"],
+            "tools": [
+                "echo",
+                "slow_task",
+                "task_status",
+                "fail",
+                "ask_user",
+                "ping_client",
+                "announce_*",
+                "show_credentials",
+            ],
         },
         {"name": "no deleting", "effect": "deny", "tools": ["delete_*"], "reason": "Deleting is not allowed."},
         {"name": "writes need approval", "effect": "escalate", "tools": ["write_file"], "reason": "Needs a human."},

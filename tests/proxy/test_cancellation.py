@@ -2,6 +2,7 @@
 notifications/cancelled. Either way the call stops and the outcome says "cancelled"."""
 
 import asyncio
+import json
 
 import httpx2
 import pytest
@@ -72,3 +73,83 @@ async def test_a_modern_disconnect_mid_stream_cancels(behavry_url, token):
                 break  # got going; now hang up
     outcome = await wait_for_outcome("slow_task")
     assert outcome["details"]["status"] == "cancelled"
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_call(token: str, msg_id, tool: str, arguments: dict) -> tuple[dict, dict]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": MODERN_META},
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+    }
+    return body, headers
+
+
+async def upstream_task_status(upstream_url: str, tag: str, until_not: str = "running", timeout: float = 15.0) -> str:
+    """Ask the demo upstream itself (not through Behavry) how a tagged slow_task run ended."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with Client(streamable_http_client(upstream_url), mode="legacy") as client:
+        while True:
+            status = (await client.call_tool("task_status", {"tag": tag})).content[0].text
+            if status != until_not or asyncio.get_running_loop().time() > deadline:
+                return status
+            await asyncio.sleep(0.1)
+
+
+async def hang_up_once_running(behavry_url: str, token: str, tag: str) -> None:
+    """A 2026 agent calls slow_task (id 1) on the legacy upstream and hangs up at its first progress."""
+    body, headers = modern_call(token, 1, "slow_task", {"seconds": 3, "steps": 6, "tag": tag})
+    body["params"]["_meta"]["progressToken"] = "p1"
+    async with (
+        httpx2.AsyncClient(timeout=30) as http,
+        http.stream("POST", f"{behavry_url}/mcp/legacy", json=body, headers=headers) as response,
+    ):
+        async for line in response.aiter_lines():
+            if "notifications/progress" in line:
+                break  # the tool is running upstream; hang up
+
+
+async def test_a_modern_hang_up_on_a_legacy_upstream_cancels_the_tool_there(
+    behavry_url, legacy_server, legacy_upstream, token
+):
+    """A 2025 server keeps working when the HTTP stream closes; Behavry must say
+    notifications/cancelled on the bridge session, naming the id it sent the call under."""
+    await hang_up_once_running(behavry_url, token, "hang-up")
+    assert await upstream_task_status(legacy_upstream, "hang-up") == "cancelled"
+    outcome = await wait_for_outcome("slow_task")
+    assert outcome["details"]["status"] == "cancelled"
+
+
+async def test_modern_calls_reusing_one_id_on_a_legacy_upstream_do_not_cross(
+    behavry_url, legacy_server, legacy_upstream, token
+):
+    """Stateless clients often number every request 1, and Behavry carries them all on one
+    upstream session per (agent, upstream): each must travel under its own id there, or a
+    cancel (and an answer) could reach the wrong call."""
+
+    async def keep(tag):
+        body, headers = modern_call(token, 1, "slow_task", {"seconds": 1.5, "steps": 3, "tag": tag})
+        async with httpx2.AsyncClient(timeout=30) as http:
+            response = await http.post(f"{behavry_url}/mcp/legacy", json=body, headers=headers)
+        final = [line for line in response.text.splitlines() if line.startswith("data:") and '"result"' in line]
+        message = json.loads(final[-1][5:]) if final else response.json()
+        assert message["id"] == 1
+        return message["result"]["content"][0]["text"]
+
+    kept, _ = await asyncio.gather(keep("kept"), hang_up_once_running(behavry_url, token, "dropped"))
+    assert kept == "Finished 3 steps in 1.5s"
+    assert await upstream_task_status(legacy_upstream, "dropped") == "cancelled"
+    assert await upstream_task_status(legacy_upstream, "kept") == "finished"

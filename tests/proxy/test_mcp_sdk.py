@@ -70,6 +70,7 @@ async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url
         "list_files",
         "write_file",
         "slow_task",
+        "task_status",
         "fail",
         "ask_user",
         "ping_client",
@@ -185,6 +186,23 @@ async def test_server_initiated_notifications_arrive_on_the_get_stream(behavry_u
         await asyncio.sleep(0.3)  # the SDK opens its GET stream right after initialize
         result = await client.call_tool("announce_tools_changed", {})
         assert result.content[0].text == "announced"
+        await asyncio.wait_for(received.wait(), timeout=5)
+
+
+async def test_the_get_stream_outlives_its_keepalives(behavry_url, legacy_server, token, monkeypatch):
+    """Idle GET streams get SSE comments; the pending upstream read must survive them."""
+    import asyncio
+
+    monkeypatch.setattr("proxy.endpoint.KEEPALIVE_SECONDS", 0.1)
+    received = asyncio.Event()
+
+    async def on_message(message):
+        if getattr(getattr(message, "root", message), "method", None) == "notifications/tools/list_changed":
+            received.set()
+
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "legacy", message_handler=on_message) as client:
+        await asyncio.sleep(1.0)  # about ten keepalives on the idle stream
+        await client.call_tool("announce_tools_changed", {})
         await asyncio.wait_for(received.wait(), timeout=5)
 
 

@@ -168,12 +168,12 @@ async def test_a_state_is_good_for_one_retry(legacy_url, token):
     ],
     ids=["forged", "tampered", "other-arguments"],
 )
-async def test_a_state_that_does_not_verify_is_invalid_params_and_nothing_is_decided(
+async def test_a_state_that_does_not_verify_is_invalid_params_recorded_and_nothing_is_forwarded(
     legacy_url, token, make_state, changes, expected
 ):
     first, key = await ask_raw(legacy_url, token)
     state = make_state(first["result"]["requestState"])
-    before = await run_in_thread(AuditEvent.objects.count)
+    before = await run_in_thread(lambda: list(AuditEvent.objects.values_list("pk", flat=True)))
 
     response = await post(
         legacy_url,
@@ -183,7 +183,11 @@ async def test_a_state_that_does_not_verify_is_invalid_params_and_nothing_is_dec
 
     assert response.json()["error"]["code"] == -32602
     assert expected in response.json()["error"]["message"]
-    assert await run_in_thread(AuditEvent.objects.count) == before
+    new = await run_in_thread(lambda: list(AuditEvent.objects.exclude(pk__in=before).values()))
+    assert [(e["kind"], e["decision"], e["policy_id"], e["tool"]) for e in new] == [
+        ("decision", "deny", "system.invalid_request_state", "ask_user")
+    ]
+    assert expected in new[0]["reason"]
 
 
 async def test_input_responses_must_be_an_object(legacy_url, token):

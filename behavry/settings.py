@@ -137,7 +137,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "behavry"},
+            # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that
+            # channels-redis blocks in BZPOPMIN: an idle receive() then failed every 5 s.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": "behavry"},
         }
     }
     CACHES = {

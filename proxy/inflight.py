@@ -101,6 +101,24 @@ async def _listen() -> None:
     await layer.group_add(GROUP, channel)
     refresh = asyncio.get_running_loop().create_task(_stay_in_group(layer, channel))
     _tasks.add(refresh)
+    try:
+        await _receive_forever(layer, channel)
+    finally:
+        refresh.cancel()
+        _tasks.discard(refresh)
+
+
+async def stop_listening() -> None:
+    """End this event loop's listener, for a server stopping its loop while the process goes on
+    (the test servers). channels-redis lets one loop at a time receive per process: a listener
+    left behind on a stopped loop would lock out the next loop's listener."""
+    task = _listeners.pop(id(asyncio.get_running_loop()), None)
+    if task is not None:
+        task.cancel()
+        await asyncio.wait({task})
+
+
+async def _receive_forever(layer, channel: str) -> None:
     while True:
         try:
             message = await layer.receive(channel)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -64,6 +66,21 @@ def build_server() -> MCPServer:
     files: dict[str, str] = dict(SEED_FILES)
     outbox: list[dict[str, str]] = []
     task_runs: dict[str, str] = {}
+
+    @contextmanager
+    def tracked(tag: str) -> Iterator[None]:
+        """Record how a tagged run ends, for `task_status`: finished, or cancelled by the client."""
+        if tag:
+            task_runs[tag] = "running"
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            if tag:
+                task_runs[tag] = "cancelled"
+            raise
+        if tag:
+            task_runs[tag] = "finished"
+
     server = MCPServer(name="behavry-demo-upstream", version="1.0.0", instructions="Demo tools behind Behavry.")
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
@@ -107,18 +124,10 @@ def build_server() -> MCPServer:
         """Work for `seconds`, reporting progress `steps` times. With a `tag`, `task_status` tells
         afterwards whether the run finished or was cancelled (what a client's cancel reached)."""
         steps = max(1, min(int(steps), 100))
-        if tag:
-            task_runs[tag] = "running"
-        try:
+        with tracked(tag):
             for step in range(1, steps + 1):
                 await anyio.sleep(max(0.0, float(seconds)) / steps)
                 await ctx.report_progress(step, steps, f"step {step}/{steps}")
-        except anyio.get_cancelled_exc_class():
-            if tag:
-                task_runs[tag] = "cancelled"
-            raise
-        if tag:
-            task_runs[tag] = "finished"
         return f"Finished {steps} steps in {seconds}s"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
@@ -128,13 +137,19 @@ def build_server() -> MCPServer:
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def ask_user(
-        question: str, answer: Annotated[ElicitationResult[Confirmation], Resolve(_confirmation)]
+        question: str,
+        answer: Annotated[ElicitationResult[Confirmation], Resolve(_confirmation)],
+        then_seconds: float = 0.0,
+        tag: str = "",
     ) -> str:
-        """Ask the agent's user a yes/no question.
+        """Ask the agent's user a yes/no question, then work `then_seconds` (a tagged run shows in
+        `task_status`, so tests can see a cancel that arrives after the answer).
 
         Through a resolver, so the SDK asks in the client's era: a mid-call `elicitation/create`
         request on 2025 sessions, an `input_required` result (MRTR) on 2026-07-28.
         """
+        with tracked(tag):
+            await anyio.sleep(max(0.0, float(then_seconds)))
         if not isinstance(answer, AcceptedElicitation):
             return f"The user chose {answer.action}."
         return f"The user answered {'yes' if answer.data.confirm else 'no'}."

@@ -722,6 +722,7 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
         messages=upstream.messages,
         close=upstream.aclose,
         send_upstream=functools.partial(upstream_post, req),
+        cancel_upstream=functools.partial(cancel_bridged, req, "the agent's call waiting for its answer ended"),
     )
     return mrtr.park(parked, question)
 

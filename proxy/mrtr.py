@@ -189,6 +189,8 @@ class Parked:
     messages: AsyncIterator[dict[str, Any]]
     close: Callable[[], Coroutine[Any, Any, None]]
     send_upstream: Callable[[dict[str, Any]], Awaitable[None]]  # posts an answer to the upstream session
+    # Tells the 2025 upstream the call is off (notifications/cancelled): closing its stream does not.
+    cancel_upstream: Callable[[], Awaitable[None]] | None = None
     pending: dict[str, Any] = field(default_factory=dict)  # input key -> the upstream request's id
     # How long the agent has. No longer than the upstream stream survives unread: its read timeout
     # keeps running while the call waits, so past it the answer would reach a broken stream.
@@ -246,6 +248,15 @@ async def _expire(token: str) -> None:
     parked = _spend(token)
     if parked is not None:
         logger.info("parked call %s expired after %s s without the agent's answer", parked.tool, parked.ttl)
+        await _call_off(parked)
+
+
+async def _call_off(parked: Parked) -> None:
+    """End a parked call for good: tell the upstream, then close its stream."""
+    try:
+        if parked.cancel_upstream is not None:
+            await parked.cancel_upstream()
+    finally:
         await parked.close()
 
 
@@ -256,7 +267,7 @@ def _drop(token: str) -> None:
     if parked.expiry is not None:
         parked.expiry.cancel()
     logger.info("parked call %s dropped: agent %s has %s waiting", parked.tool, parked.agent_id, MAX_PARKED_PER_AGENT)
-    asyncio.get_running_loop().create_task(parked.close())
+    asyncio.get_running_loop().create_task(_call_off(parked))
 
 
 def verify_state(state: str, *, agent_id: int, server_id: int, tool: str, arguments: Any) -> str:
@@ -300,10 +311,16 @@ async def resume(token: str, responses: Any, retry_id: Any) -> dict[str, Any]:
         # Two steps: the holder goes on only after this "go", so a late ack (after this retry has
         # told the agent to call again) leaves the call parked instead of running it a second time.
         await layer.send(ack["go"], {"type": "mcp.input.go"})
-        while True:  # the holder reports "alive" while the tool works, however long that takes
-            done = await asyncio.wait_for(layer.receive(reply), timeout=3 * KEEPALIVE_SECONDS)
-            if done.get("kind") != "alive":
-                break
+        try:
+            while True:  # the holder reports "alive" while the tool works, however long that takes
+                done = await asyncio.wait_for(layer.receive(reply), timeout=3 * KEEPALIVE_SECONDS)
+                if done.get("kind") != "alive":
+                    break
+        except asyncio.CancelledError:
+            # The agent hung up on the retry (2026-07-28: that is its cancel); the holder calls the
+            # tool off. Shielded: this task is already being cancelled.
+            await asyncio.shield(_send_quietly(layer, ack["go"], {"type": "mcp.input.cancel"}))
+            raise
     except TimeoutError:
         raise InputError("The call waiting for this answer is no longer held; call the tool again.") from None
     except Exception as exc:  # the channel layer itself failed (Redis down): say so, do not crash
@@ -327,14 +344,31 @@ async def _on_resume_broadcast(message: dict[str, Any]) -> None:
     except TimeoutError:
         return  # the retry gave up before our ack arrived; the call stays parked for a new one
     work = asyncio.ensure_future(_continue(token, message.get("responses") or {}, message.get("retry_id")))
-    while not work.done():
-        await asyncio.wait({work}, timeout=KEEPALIVE_SECONDS)
-        if not work.done():
-            await layer.send(reply, {"type": "mcp.input.reply", "kind": "alive"})
+    called_off = asyncio.ensure_future(layer.receive(go))  # the retrying process says its agent left
+    try:
+        while not work.done():
+            await asyncio.wait({work, called_off}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            if called_off.done() and not work.done():
+                if called_off.exception() is None:
+                    work.cancel()  # _continue calls the tool off upstream
+                    await asyncio.wait({work})
+                    return
+                called_off = asyncio.get_running_loop().create_future()  # Redis hiccup: keep serving
+            if not work.done():
+                await layer.send(reply, {"type": "mcp.input.reply", "kind": "alive"})
+    finally:
+        called_off.cancel()
     try:
         await layer.send(reply, {"type": "mcp.input.reply", "kind": "done", "message": work.result()})
     except InputError as exc:
         await layer.send(reply, {"type": "mcp.input.reply", "kind": "error", "text": str(exc)})
+
+
+async def _send_quietly(layer, channel: str, message: dict[str, Any]) -> None:
+    try:
+        await layer.send(channel, message)
+    except Exception:  # best effort: the held call still ends at its upstream's read timeout
+        logger.exception("could not tell the holding process that the retry was cancelled")
 
 
 async def _continue(token: str, responses: dict[str, Any], retry_id: Any) -> dict[str, Any]:
@@ -359,7 +393,7 @@ async def _continue(token: str, responses: dict[str, Any], retry_id: Any) -> dic
                 return rpc.result_message(retry_id, park(parked, message))
             # Progress and log notifications have no stream to go to: the retry is a plain answer.
     except asyncio.CancelledError:
-        asyncio.get_running_loop().create_task(parked.close())  # the retry went away; so does the call
+        asyncio.get_running_loop().create_task(_call_off(parked))  # the retry went away; so does the call
         raise
     except Exception as exc:
         await parked.close()

@@ -156,3 +156,14 @@ async def run_in_thread(fn, *args, **kwargs):
 
 
 __all__ = ["MODES", "asyncio", "mcp_client", "run_in_thread"]
+
+
+async def upstream_task_status(upstream_url: str, tag: str, until_not: str = "running", timeout: float = 15.0) -> str:
+    """Ask the demo upstream itself (not through Behavry) how a tagged slow_task run ended."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with Client(streamable_http_client(upstream_url), mode="legacy") as client:
+        while True:
+            status = (await client.call_tool("task_status", {"tag": tag})).content[0].text
+            if status != until_not or asyncio.get_running_loop().time() > deadline:
+                return status
+            await asyncio.sleep(0.1)

@@ -12,7 +12,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from audit.models import AuditEvent
-from tests.proxy.conftest import MODES, run_in_thread
+from tests.proxy.conftest import MODES, run_in_thread, upstream_task_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_server", "starter_policies")]
 
@@ -96,17 +96,6 @@ def modern_call(token: str, msg_id, tool: str, arguments: dict) -> tuple[dict, d
         "Mcp-Name": tool,
     }
     return body, headers
-
-
-async def upstream_task_status(upstream_url: str, tag: str, until_not: str = "running", timeout: float = 15.0) -> str:
-    """Ask the demo upstream itself (not through Behavry) how a tagged slow_task run ended."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with Client(streamable_http_client(upstream_url), mode="legacy") as client:
-        while True:
-            status = (await client.call_tool("task_status", {"tag": tag})).content[0].text
-            if status != until_not or asyncio.get_running_loop().time() > deadline:
-                return status
-            await asyncio.sleep(0.1)
 
 
 async def hang_up_once_running(behavry_url: str, token: str, tag: str) -> None:

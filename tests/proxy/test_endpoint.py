@@ -47,8 +47,8 @@ def modern_call(tool, arguments, msg_id=1):
     }
 
 
-async def post(url, body, headers):
-    async with httpx.AsyncClient(timeout=30) as http:
+async def post(url, body, headers, timeout=30):
+    async with httpx.AsyncClient(timeout=timeout) as http:
         content = body if isinstance(body, bytes) else json.dumps(body)
         return await http.post(url, content=content, headers=headers)
 

@@ -18,7 +18,7 @@ from policies.services import policy_create
 from proxy import mrtr
 from proxy.jsonrpc import RpcError
 from tests.conftest import TEST_ACTOR
-from tests.proxy.conftest import MODES, mcp_client, run_in_thread
+from tests.proxy.conftest import MODES, mcp_client, run_in_thread, upstream_task_status
 from tests.proxy.test_endpoint import ACCEPT, modern_call, modern_headers, post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("starter_policies")]
@@ -319,6 +319,42 @@ async def test_a_2026_agents_retry_on_another_process_resumes_the_parked_call(da
 
     assert done["id"] == 2
     assert done["result"]["content"][0]["text"] == "The user answered yes."
+
+
+first_arguments = {"question": "Proceed?", "then_seconds": 4, "tag": ""}
+
+
+async def ask_slow(url, token, tag):
+    body = ask()
+    body["params"]["arguments"] = {**first_arguments, "tag": tag}
+    first = await rpc(url, body, token)
+    [key] = first["result"]["inputRequests"]
+    return first, key
+
+
+async def retry_and_hang_up(url, token, first, key, tag):
+    """Answer the parked question, then hang up (2026-07-28: cancel) while the tool works on."""
+    body = retry(first, {key: {"action": "accept", "content": {"confirm": True}}})
+    body["params"]["arguments"] = {**first_arguments, "tag": tag}
+    with pytest.raises(httpx.ReadTimeout):
+        await post(url, body, modern_headers(token, "tools/call", "ask_user"), timeout=1.5)
+
+
+async def test_a_2026_agent_hanging_up_on_its_retry_calls_the_2025_tool_off(legacy_url, legacy_upstream, token):
+    first, key = await ask_slow(legacy_url, token, "retry-hang-up")
+    await retry_and_hang_up(legacy_url, token, first, key, "retry-hang-up")
+    assert await upstream_task_status(legacy_upstream, "retry-hang-up") == "cancelled"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_a_retry_cancelled_on_another_process_calls_the_tool_off_where_it_is_held(
+    daphnes, legacy_server, legacy_upstream, token
+):
+    holding, retrying = daphnes(), daphnes()
+    first, key = await ask_slow(f"{holding}/mcp/legacy", token, "remote-hang-up")
+    await retry_and_hang_up(f"{retrying}/mcp/legacy", token, first, key, "remote-hang-up")
+    assert await upstream_task_status(legacy_upstream, "remote-hang-up") == "cancelled"
 
 
 async def test_an_agent_cannot_pile_up_parked_calls(monkeypatch):

@@ -347,8 +347,9 @@ class McpEndpoint:
                 await send({"type": "http.response.body", "body": _sse_event(message), "more_body": True})
                 if message.get("id") == req.message["id"] and ("result" in message or "error" in message):
                     responded = True
-            if not cancelled.is_set():
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # Ended even after a 2025 notifications/cancelled: no answer for the request, but a
+            # complete HTTP response (after a hang-up the servers drop the send).
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if not handed_off:
                 await stream.aclose()

@@ -142,3 +142,36 @@ async def test_modern_calls_reusing_one_id_on_a_legacy_upstream_do_not_cross(
     assert kept == "Finished 3 steps in 1.5s"
     assert await upstream_task_status(legacy_upstream, "dropped") == "cancelled"
     assert await upstream_task_status(legacy_upstream, "kept") == "finished"
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["plain", "streaming"])
+async def test_a_2025_cancel_ends_the_http_exchange_cleanly_without_an_answer(behavry_url, token, progress):
+    """After notifications/cancelled the agent gets no response for the request (the spec says
+    so), but its POST still ends: an event stream with no answer in it, not a 500 or a dangling
+    response."""
+    from tests.proxy.test_endpoint import ACCEPT, initialize
+
+    url = f"{behavry_url}/mcp/demo"
+    session = (await initialize(url, token)).headers["mcp-session-id"]
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": ACCEPT,
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    params = {"name": "slow_task", "arguments": {"seconds": 3, "steps": 6}}
+    if progress:
+        params["_meta"] = {"progressToken": "p1"}
+    call = {"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": params}
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41, "reason": "test"}}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        pending = asyncio.ensure_future(http.post(url, json=call, headers=headers))
+        await asyncio.sleep(1.0)
+        assert (await http.post(url, json=cancel, headers=headers)).status_code == 202
+        response = await pending
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    answers = [line for line in response.text.splitlines() if line.startswith("data:") and '"id":41' in line]
+    assert answers == []
+    outcome = await wait_for_outcome("slow_task")
+    assert outcome["details"]["status"] == "cancelled"

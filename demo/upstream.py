@@ -6,8 +6,8 @@ without touching the disk. Tools cover the cases the proxy must handle:
 - read-only: `read_file`, `list_files`, `echo`
 - writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
 - slow with progress: `slow_task` (and `task_status`, how a tagged run ended); failing: `fail`
-- asking the user (elicitation): `ask_user` (both eras), and the prompt `release_notes` (asks
-  first, 2026-07-28 clients only: MRTR)
+- asking the user (elicitation): `ask_user` and the prompt `release_notes` (both eras: MRTR on
+  2026-07-28, a mid-call request on 2025 sessions)
 
     python -m demo.upstream --port 8765            # both eras (2026-07-28 and 2025-xx), like SDK servers
     python -m demo.upstream --port 8765 --era legacy  # answers only the initialize handshake era
@@ -55,6 +55,10 @@ SEED_FILES = {
 
 class Confirmation(BaseModel):
     confirm: bool
+
+
+class Tone(BaseModel):
+    tone: str
 
 
 def _confirmation(question: str) -> Elicit[Confirmation]:
@@ -197,8 +201,13 @@ def build_server() -> MCPServer:
         return f"Summarize the file at {path}:\n\n{files.get(path, '(missing)')}"
 
     @server.prompt()
-    def release_notes(version: str, ctx: Context) -> str | InputRequiredResult:
-        """Draft release notes, after asking the user for the tone (2026-07-28 clients: MRTR)."""
+    async def release_notes(version: str, ctx: Context) -> str | InputRequiredResult:
+        """Draft release notes, after asking the user for the tone: input_required (MRTR) for
+        2026-07-28 clients, a mid-read elicitation/create request on 2025 sessions."""
+        if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            asked = await ctx.elicit("Which tone?", Tone)
+            chosen = asked.data.tone if isinstance(asked, AcceptedElicitation) else "neutral"
+            return f"Write {chosen} release notes for version {version}."
         answer = (ctx.input_responses or {}).get("tone")
         if answer is None:
             schema = {"type": "object", "properties": {"tone": {"type": "string"}}, "required": ["tone"]}

@@ -374,6 +374,28 @@ def error_result(text: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": True}
 
 
+def _failure(req: McpRequest, text: str) -> dict[str, Any]:
+    """What the agent gets when the upstream fails mid-call: an isError tool result for tools/call,
+    a JSON-RPC error for prompts/get and resources/read (whose results have no error form)."""
+    if req.message.get("method") == "tools/call":
+        return _result(req, req.message["id"], error_result(text))
+    return rpc.error_message(req.message["id"], rpc.UPSTREAM_FAILED, text)
+
+
+def _policy_target(req: McpRequest) -> tuple[str, dict[str, Any]]:
+    """The name and arguments policy decides on (and a requestState is bound to): the tool's own,
+    or `prompt:<name>` / `resource:<uri>` for reads."""
+    params = req.message.get("params") or {}
+    method = req.message.get("method")
+    raw = params.get("arguments")
+    arguments: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if method == "resources/read":
+        return f"resource:{params.get('uri', '')}", arguments
+    if method == "prompts/get":
+        return f"prompt:{params.get('name', '')}", arguments
+    return str(params.get("name", "")), arguments
+
+
 def _call_details(req: McpRequest, decision: Decision | None = None) -> dict[str, Any]:
     details: dict[str, Any] = {
         "risk_tier": req.identity.risk_tier,
@@ -461,25 +483,7 @@ async def handle_tools_call(req: McpRequest) -> Reply:
         raise rpc.RpcError(rpc.INVALID_PARAMS, "Invalid params: 'arguments' must be an object", id=msg_id)
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
-    if mrtr.is_our_state(params.get("requestState")):
-        # A 2026 agent answering a question its 2025 upstream asked (see forward_call). Checked
-        # before policy, so a forged or stale state is bad input; the retry is then decided like
-        # any call. A state that does not verify is recorded: forging one is worth a look.
-        try:
-            _parked_token(req, tool, arguments)
-        except rpc.RpcError as exc:
-            await record_best_effort(
-                req,
-                kind="decision",
-                tool=tool,
-                decision="deny",
-                policy_id=INVALID_REQUEST_STATE,
-                reason=exc.message,
-                request_id=request_id,
-                arguments=arguments,
-                details=_call_details(req),
-            )
-            raise
+    await _check_parked_state(req, tool, arguments, request_id)
     try:
         decided = await _db_call(_decide_and_record)(
             req, tool=tool, arguments=arguments, request_id=request_id, started=started
@@ -520,6 +524,29 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     )
 
 
+async def _check_parked_state(req: McpRequest, tool: str, arguments: dict[str, Any], request_id: str) -> None:
+    """A 2026 agent answering a question its 2025 upstream asked (see _relay, _park). Checked
+    before policy, so a forged or stale state is bad input; the retry is then decided like any
+    call. A state that does not verify is recorded: forging one is worth a look."""
+    if not mrtr.is_our_state(req.message["params"].get("requestState")):
+        return
+    try:
+        _parked_token(req, tool, arguments)
+    except rpc.RpcError as exc:
+        await record_best_effort(
+            req,
+            kind="decision",
+            tool=tool,
+            decision="deny",
+            policy_id=INVALID_REQUEST_STATE,
+            reason=exc.message,
+            request_id=request_id,
+            arguments=arguments,
+            details=_call_details(req),
+        )
+        raise
+
+
 def _parked_token(req: McpRequest, tool: str, arguments: dict[str, Any]) -> str:
     params = req.message["params"]
     if not isinstance(params.get("inputResponses"), dict):
@@ -541,7 +568,6 @@ async def forward_call(
     req: McpRequest, *, tool: str, action: str, resource: str, policy_id: str, request_id: str, started: float
 ) -> Reply:
     """Send an allowed call upstream and audit its outcome (the decision event is already committed)."""
-    msg_id = req.message["id"]
 
     async def outcome(message: dict[str, Any] | None, status: str, reason: str = "") -> None:
         result = (message or {}).get("result") or {}
@@ -558,16 +584,25 @@ async def forward_call(
             details={"status": status, "is_error": bool(result.get("isError")) if isinstance(result, dict) else None},
         )
 
+    return await _forward(req, tool, outcome)
+
+
+async def _forward(req: McpRequest, tool: str, outcome) -> Reply:
+    """The allowed request upstream (tools/call, prompts/get, resources/read) and its answer back,
+    in either pair of eras: streamed, asked about (relayed or parked), resumed, or cancelled."""
+    msg_id = req.message["id"]
     if mrtr.is_our_state(req.message["params"].get("requestState")):
         return await _resume_parked(req, tool, outcome)
     try:
         upstream = await upstream_send(req, req.message)
         if upstream.streaming:
+            # A 2025 upstream may ask mid-call (elicitation, sampling): relayed to a 2025 agent,
+            # parked as input_required for a 2026 one.
             return Reply(stream=_relay(req, upstream, msg_id, outcome))
         message = await first_response(upstream, msg_id)
     except UpstreamError as exc:
         await outcome(None, "upstream_error", str(exc))
-        return Reply(body=_result(req, msg_id, error_result(f"Behavry could not reach the tool's server: {exc}")))
+        return Reply(body=_failure(req, f"Behavry could not reach the upstream server: {exc}"))
     except asyncio.CancelledError:
         reason = "the agent cancelled before the tool answered"
         await asyncio.shield(cancel_bridged(req, reason))
@@ -612,7 +647,7 @@ async def _ask_agent(req: McpRequest, message: dict[str, Any], outcome) -> Async
     except (mrtr.InputError, UpstreamError) as exc:
         await outcome(None, "upstream_error", str(exc))
         finished = True
-        yield _result(req, msg_id, error_result(str(exc)))
+        yield _failure(req, str(exc))
     finally:
         if not finished:
             await outcome(None, "cancelled", "the agent went away while the tool waited for its answer")
@@ -628,7 +663,7 @@ async def _resume_parked(req: McpRequest, tool: str, outcome) -> Reply:
     except (rpc.RpcError, mrtr.InputError) as exc:
         text = exc.message if isinstance(exc, rpc.RpcError) else str(exc)
         await outcome(None, "upstream_error", text)
-        return Reply(body=_result(req, msg_id, error_result(text)))
+        return Reply(body=_failure(req, text))
     except asyncio.CancelledError:  # a 2026 agent hanging up is its cancellation
         await asyncio.shield(outcome(None, "cancelled", "the agent cancelled while the tool took its answer"))
         raise
@@ -671,16 +706,16 @@ async def _relay(
             yield message
         await outcome(None, "upstream_error", "upstream ended its stream without answering")
         finished = True
-        yield _result(req, msg_id, error_result("The tool's server ended its answer without a result."))
+        yield _failure(req, "The tool's server ended its answer without a result.")
     except UpstreamError as exc:
         await outcome(None, "upstream_error", str(exc))
         finished = True
-        yield _result(req, msg_id, error_result(f"The tool's server failed: {exc}"))
+        yield _failure(req, f"The tool's server failed: {exc}")
     except Exception as exc:
         if not finished and not isinstance(exc, GeneratorExit):
             await outcome(None, "upstream_error", f"{type(exc).__name__}")
             finished = True
-            yield _result(req, msg_id, error_result("The tool's server broke off its answer."))
+            yield _failure(req, "The tool's server broke off its answer.")
             return
         raise
     finally:
@@ -711,12 +746,12 @@ async def _answer_upstream_request(req: McpRequest, request: dict[str, Any]) -> 
 
 
 def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) -> dict[str, Any]:
-    params = req.message["params"]
+    tool, arguments = _policy_target(req)
     parked = mrtr.Parked(
         agent_id=req.identity.agent_id,
         server_id=req.target.id,
-        tool=params.get("name", ""),
-        args_hash=mrtr.arguments_hash(params.get("arguments") or {}),
+        tool=tool,
+        args_hash=mrtr.arguments_hash(arguments),
         upstream_call_id=req.message["id"],
         ttl=_parked_ttl(req.target.read_timeout),
         messages=upstream.messages,
@@ -889,9 +924,9 @@ async def handle_named_read(req: McpRequest) -> Reply:
     value = params.get(key)
     if not isinstance(value, str) or not value:
         raise rpc.RpcError(rpc.INVALID_PARAMS, f"Invalid params: '{key}' must be a non-empty string", id=msg_id)
-    tool = f"resource:{value}" if method == "resources/read" else f"prompt:{value}"
-    arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+    tool, arguments = _policy_target(req)
     request_id = uuid.uuid4().hex
+    await _check_parked_state(req, tool, arguments, request_id)
     try:
         outcome = await database_sync_to_async(decide_tool_call)(
             identity=req.identity,
@@ -934,10 +969,7 @@ async def handle_named_read(req: McpRequest) -> Reply:
             id=msg_id,
             data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
         )
-    message = await _forward_for_response(req)
-    if req.era == "legacy" and mrtr.is_input_required(message):
-        return Reply(stream=_ask_agent(req, message, _no_outcome))
-    return Reply(body=shape_result(req, message))
+    return await _forward(req, tool, _no_outcome)
 
 
 async def _no_outcome(*_args: Any) -> None:

@@ -87,20 +87,29 @@ async def test_a_2025_agent_on_a_2026_upstream_is_one_call(behavry_url, demo_ser
     assert await outcomes() == ["ok"]
 
 
+@pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_prompt_that_asks_first_works_for_both_eras_of_agent(behavry_url, demo_server, token, mode):
-    # `release_notes` on the 2026 demo upstream answers prompts/get with input_required.
+async def test_a_prompt_that_asks_works_for_both_eras_of_agent_and_upstream(
+    behavry_url, demo_server, legacy_server, token, mode, upstream
+):
+    # `release_notes` asks for a tone: with input_required on the 2026 demo upstream, with an
+    # elicitation/create request in the middle of prompts/get on the 2025-only one.
     asked = []
 
     async def answer(context, params):
         asked.append(params.message)
         return ElicitResult(action="accept", content={"tone": "cheerful"})
 
-    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode, elicitation_callback=answer) as client:
+    async with mcp_client(f"{behavry_url}/mcp/{upstream}", token, mode, elicitation_callback=answer) as client:
         prompt = await client.get_prompt("release_notes", {"version": "2.0"})
 
     assert asked == ["Which tone?"]
     assert prompt.messages[0].content.text == "Write cheerful release notes for version 2.0."
+    decisions = await run_in_thread(
+        lambda: list(AuditEvent.objects.filter(kind="decision", tool="prompt:release_notes").values_list("decision"))
+    )
+    # A 2026 agent answers with a second prompts/get (its retry), decided again.
+    assert decisions == [("allow",)] * (2 if mode == "2026-07-28" else 1)
 
 
 # --- Behavry's requestState, raw on the wire ------------------------------------------------------

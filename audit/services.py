@@ -241,7 +241,7 @@ def _one_statement_sql() -> str:
     """Move the head from (seq, hash) to (seq + 1, new hash) and insert the event only if the head
     moved, in one statement. The last SELECT reads the head as the statement found it, which is
     the retry's starting point when the hint was stale (no event id)."""
-    casts = ", ".join(f"%s::{AuditEvent._meta.get_field(name).db_type(connection)}" for name in _EVENT_COLUMNS)
+    casts = ", ".join(f"%s::{_cast_type(name)}" for name in _EVENT_COLUMNS)
     return (
         "WITH moved AS ("  # noqa: S608 - column names and types come from the model, never input
         " UPDATE audit_auditchainhead SET seq = seq + 1, last_hash = %s, signature = %s, updated_at = %s"
@@ -249,6 +249,13 @@ def _one_statement_sql() -> str:
         f"), ins AS (INSERT INTO audit_auditevent ({', '.join(_EVENT_COLUMNS)}) SELECT {casts} FROM moved RETURNING id)"
         " SELECT (SELECT id FROM ins), seq, last_hash FROM audit_auditchainhead WHERE chain = %s"
     )
+
+
+def _cast_type(column: str) -> str:
+    # Strings as text, not varchar(n): an explicit cast to varchar(n) truncates silently, while
+    # storing text in a varchar(n) column refuses a value too long, as a plain INSERT does.
+    field = AuditEvent._meta.get_field(column)
+    return "text" if field.get_internal_type() == "CharField" else str(field.db_type(connection))
 
 
 def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:

@@ -138,8 +138,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that
-            # channels-redis blocks in BZPOPMIN: an idle receive() then failed every 5 s.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": "behavry"},
+            # channels-redis blocks in BZPOPMIN: an idle receive() then failed every 5 s. 10 s
+            # clears the blocking pop and still bounds a command to a hung Redis.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}], "prefix": "behavry"},
         }
     }
     CACHES = {

@@ -247,14 +247,16 @@ class LegacyOnly:
         await self.app(scope, receive, send)
 
 
-def build_app(era: str = "dual"):
+def build_app(era: str = "dual", json_response: bool = False):
     server = build_server()
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*"],
         allowed_origins=["http://127.0.0.1", "http://127.0.0.1:*", "http://localhost:*"],
     )
-    app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security)
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp", transport_security=security, json_response=json_response
+    )
     return LegacyOnly(app) if era == "legacy" else app
 
 
@@ -263,9 +265,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--era", choices=["dual", "legacy"], default="dual")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="answer POSTs with one JSON body, no SSE (no headers until the tool is done)",
+    )
     parser.add_argument("--log-level", default="warning")
     ns = parser.parse_args()
-    uvicorn.run(build_app(ns.era), host=ns.host, port=ns.port, log_level=ns.log_level, lifespan="on")
+    uvicorn.run(
+        build_app(ns.era, json_response=ns.json), host=ns.host, port=ns.port, log_level=ns.log_level, lifespan="on"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
 from proxy.identity import cached_identity, cached_target, identity_for_token, target_for_slug
-from proxy.upstream import UpstreamError, legacy_listen, legacy_terminate
+from proxy.upstream import CLIENT_ERRORS, UpstreamError, legacy_listen, legacy_terminate
 
 logger = logging.getLogger("behavry.proxy")
 
@@ -402,8 +402,8 @@ class McpEndpoint:
                     continue
                 try:
                     message = step.result()
-                except (StopAsyncIteration, UpstreamError):
-                    break
+                except (StopAsyncIteration, UpstreamError, *CLIENT_ERRORS):
+                    break  # the upstream ended or dropped its stream: end the agent's too
                 step = None
                 await send({"type": "http.response.body", "body": _sse_event(message), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

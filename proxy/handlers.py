@@ -173,6 +173,7 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
     if sent_id is not None:
         outgoing = {**outgoing, "id": sent_id}
     try:
+        _note_call_session(req, sent_id, session)
         reply = await post(
             req.target,
             outgoing,
@@ -181,6 +182,7 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
         )
     except UpstreamSessionGone:
         session = await _upstream_session(req, renew=True)
+        _note_call_session(req, sent_id, session)
         reply = await post(
             req.target,
             outgoing,
@@ -189,11 +191,28 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
         )
     if sent_id is not None:
         reply.messages = _answering_as(reply.messages, sent_id, message["id"])
-        if sent_id == req.bridged_id:
-            # The cancel must name the session the call went on: two first calls at once can each
-            # open an upstream session, and the bridge row keeps only the last.
-            req.bridged_via = (session.upstream_session_id, session.upstream_protocol_version)
     return reply
+
+
+def _note_call_session(req: McpRequest, sent_id: str | None, session: AgentSession) -> None:
+    """Remember the upstream session a bridged call goes on, before it goes: a cancel, and answers
+    to the upstream's questions, must reach that session, even while the POST is still waiting
+    for its headers (a 2025 server answering with JSON sends none until the tool is done). Two
+    first calls at once can each open an upstream session, and the bridge row keeps only the last.
+    """
+    if sent_id is not None and sent_id == req.bridged_id:
+        req.bridged_via = (session.upstream_session_id, session.upstream_protocol_version)
+
+
+async def post_on_call_session(req: McpRequest, message: dict[str, Any]) -> None:
+    """Post a message with no answer of its own (a response to the upstream's question, a cancel)
+    on the upstream session this call went on; a 2025 agent's own session otherwise."""
+    if req.bridged_via is None:
+        await upstream_post(req, message)
+        return
+    session_id, version = req.bridged_via
+    reply = await post(req.target, message, session_id=session_id or None, protocol_version=version)
+    await reply.aclose()
 
 
 def _bridged_request_id(req: McpRequest, message: dict[str, Any]) -> str | None:
@@ -232,12 +251,8 @@ async def cancel_bridged(req: McpRequest, reason: str) -> None:
         return
     params = {"requestId": req.bridged_id, "reason": reason}
     note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
-    session_id, version = req.bridged_via
     try:
-        reply = await asyncio.wait_for(
-            post(req.target, note, session_id=session_id or None, protocol_version=version), timeout=5
-        )
-        await reply.aclose()
+        await asyncio.wait_for(post_on_call_session(req, note), timeout=5)
     except (UpstreamError, TimeoutError) as exc:
         logger.info("could not tell the upstream that request %s was cancelled: %s", req.bridged_id, exc)
 
@@ -309,8 +324,9 @@ _DB_POOL = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), th
 async def _in_db_pool(fn, *args: Any, **kwargs: Any) -> Any:
     """What database_sync_to_async(thread_sensitive=False) does, without building an asgiref
     wrapper per call: measured 181 against 94 microseconds of CPU per hop, two hops per tool call.
-    The context is copied (contextvars reach the thread) and stale connections are closed before
-    and after, as Django's request cycle would."""
+    Stale connections are closed before and after, as Django's request cycle would. The thread
+    sees a copy of the caller's contextvars and sends none back; asgiref `Local` values (active
+    timezone, translation) do not reach it: the functions run here use neither."""
     # submit + wrap_future rather than loop.run_in_executor, whose coroutine-function check on the
     # partial cost another ~30 microseconds.
     future = _DB_POOL.submit(contextvars.copy_context().run, _run_with_connection_upkeep, fn, args, kwargs)
@@ -740,7 +756,7 @@ async def _answer_upstream_request(req: McpRequest, request: dict[str, Any]) -> 
     else:
         answer = rpc.error_message(request["id"], rpc.METHOD_NOT_FOUND, f"Method not found: {request['method']}")
     try:
-        await upstream_post(req, answer)
+        await post_on_call_session(req, answer)
     except UpstreamError as exc:
         logger.info("could not answer the upstream's %s: %s", request["method"], exc)
 
@@ -756,7 +772,7 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
         ttl=_parked_ttl(req.target.read_timeout),
         messages=upstream.messages,
         close=upstream.aclose,
-        send_upstream=functools.partial(upstream_post, req),
+        send_upstream=functools.partial(post_on_call_session, req),
         cancel_upstream=functools.partial(cancel_bridged, req, "the agent's call waiting for its answer ended"),
     )
     return mrtr.park(parked, question)

@@ -11,6 +11,7 @@ The same per-process channel carries other "whoever holds this, act on it" messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -106,6 +107,8 @@ async def _listen() -> None:
     finally:
         refresh.cancel()
         _tasks.discard(refresh)
+        with contextlib.suppress(Exception):  # else it stays a group member until group_expiry
+            await layer.group_discard(GROUP, channel)
 
 
 async def stop_listening() -> None:

@@ -167,10 +167,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_upstream(era: str):
+def _start_upstream(era: str, *extra: str):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "demo.upstream", "--port", str(port), "--era", era],
+        [sys.executable, "-m", "demo.upstream", "--port", str(port), "--era", era, *extra],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -201,6 +201,15 @@ def demo_upstream():
 def legacy_upstream():
     """URL of the demo upstream restricted to the 2025 (initialize) era."""
     proc, url = _start_upstream("legacy")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def legacy_json_upstream():
+    """The 2025-only demo upstream answering every POST with one JSON body (no SSE)."""
+    proc, url = _start_upstream("legacy", "--json")
     yield url
     proc.terminate()
     proc.wait(10)

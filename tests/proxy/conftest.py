@@ -88,6 +88,11 @@ def legacy_server(transactional_db, legacy_upstream):
 
 
 @pytest.fixture
+def legacy_json_server(transactional_db, legacy_json_upstream):
+    return upstream_server_create(slug="legacy-json", name="Legacy JSON demo", url=legacy_json_upstream, by=TEST_ACTOR)
+
+
+@pytest.fixture
 def agent_and_token(transactional_db):
     role_create(name="readers", by=TEST_ACTOR)
     agent = agent_create(name="research-bot", roles=["readers"], by=TEST_ACTOR)

@@ -122,6 +122,18 @@ async def test_a_modern_hang_up_on_a_legacy_upstream_cancels_the_tool_there(
     assert outcome["details"]["status"] == "cancelled"
 
 
+async def test_a_modern_hang_up_cancels_upstream_even_before_a_json_answering_server_replies(
+    behavry_url, legacy_json_server, legacy_json_upstream, token
+):
+    """A 2025 server answering with one JSON body sends no headers until the tool is done, so the
+    whole call happens inside Behavry's upstream POST: the cancel must not wait for its reply."""
+    body, headers = modern_call(token, 1, "slow_task", {"seconds": 3, "steps": 3, "tag": "json-hang-up"})
+    async with httpx2.AsyncClient(timeout=1.0) as http:
+        with pytest.raises(httpx2.ReadTimeout):
+            await http.post(f"{behavry_url}/mcp/legacy-json", json=body, headers=headers)
+    assert await upstream_task_status(legacy_json_upstream, "json-hang-up") == "cancelled"
+
+
 async def test_modern_calls_reusing_one_id_on_a_legacy_upstream_do_not_cross(
     behavry_url, legacy_server, legacy_upstream, token
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
@@ -226,6 +227,9 @@ def _append(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
 # wrong hint costs a retry, never a broken chain. Plain dict operations are atomic under the GIL,
 # which is all the database threads need.
 _head_hints: dict[str, tuple[int, str]] = {}
+# chain -> monotonic time until which it counts as contended: appends take the row lock directly.
+_contended_until: dict[str, float] = {}
+CONTENDED_SECONDS = 1.0
 _HEAD_HINTS_MAX = 100_000
 
 
@@ -239,8 +243,8 @@ def _one_statement_possible() -> bool:
 @lru_cache(maxsize=1)
 def _one_statement_sql() -> str:
     """Move the head from (seq, hash) to (seq + 1, new hash) and insert the event only if the head
-    moved, in one statement. The last SELECT reads the head as the statement found it, which is
-    the retry's starting point when the hint was stale (no event id)."""
+    moved, in one statement. The last SELECT returns a row only if the chain has a head: no row
+    means its first event (which creates the head), a row without an event id a stale hint."""
     casts = ", ".join(f"%s::{_cast_type(name)}" for name in _EVENT_COLUMNS)
     return (
         "WITH moved AS ("  # noqa: S608 - column names and types come from the model, never input
@@ -262,40 +266,38 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
     """Append in one autocommit statement when this process knows the chain's head (its own last
     append there), else through the locking append, whose result becomes the hint.
 
-    If another process appended in between, the statement inserts nothing and returns the head it
-    saw; one more attempt starts from that. A second miss (a busy chain shared between processes)
-    falls back to the locking append, which always succeeds. Timestamps are taken after the head
-    is known, so they still increase along the chain.
+    If another writer appended in between, the statement inserts nothing; the locking append,
+    which always succeeds, takes over, and the chain counts as contended for CONTENDED_SECONDS:
+    its appends go straight to the lock. Under contention an optimistic attempt mostly waits for
+    the row lock and then misses (bench: 8 writers on one chain, 373 events/s with retries against
+    602 with the lock), while an uncontended chain, the common case with one agent per caller,
+    saves three round trips per event. Timestamps are taken after the head is known, so they
+    still increase along the chain.
     """
     chain = fields["chain"]
     hint = _head_hints.get(chain)
-    ops = connection.ops
-    for _attempt in range(2):
-        if hint is None:
-            break
+    if hint is not None and _contended_until.get(chain, 0.0) <= time.monotonic():
         seq, previous_hash = hint[0] + 1, hint[1]
         timestamp = timezone.now()
         values = {**fields, **texts, "seq": seq, "timestamp": timestamp}
         digest = event_hash_from_text(values, previous_hash)
-        stamp = ops.adapt_datetimefield_value(timestamp)
+        stamp = connection.ops.adapt_datetimefield_value(timestamp)
         params: list[Any] = [digest, head_signature(chain, seq, digest), stamp, chain, hint[0], previous_hash]
         params += [stamp if name == "timestamp" else values[name] for name in HASHED_FIELDS]
         params += [previous_hash, digest, chain]
         with _append_cursor() as cursor:
             cursor.execute(_one_statement_sql(), params)
             row = cursor.fetchone()
-        if row is None:  # no head row yet: the chain's first event
-            break
-        event_id, head_seq, head_hash = row
-        if event_id is not None:
+        if row is not None and row[0] is not None:
             _remember_head(chain, seq, digest)
             return AuditEvent(
-                id=event_id,
+                id=row[0],
                 **{**fields, "seq": seq, "timestamp": timestamp},
                 previous_hash=previous_hash,
                 event_hash=digest,
             )
-        hint = (head_seq, head_hash)
+        if row is not None:  # the head moved under us (no row: the chain's first event)
+            _bounded_put(_contended_until, chain, time.monotonic() + CONTENDED_SECONDS)
     with transaction.atomic(durable=True):
         event = _append(fields, texts)
     _remember_head(chain, event.seq, event.event_hash)
@@ -303,9 +305,13 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
 
 
 def _remember_head(chain: str, seq: int, digest: str) -> None:
-    if len(_head_hints) >= _HEAD_HINTS_MAX and chain not in _head_hints:
-        _head_hints.clear()  # rare (100k chains in one process); costs one locking append per chain
-    _head_hints[chain] = (seq, digest)
+    _bounded_put(_head_hints, chain, (seq, digest))
+
+
+def _bounded_put(table: dict[str, Any], chain: str, value: Any) -> None:
+    if len(table) >= _HEAD_HINTS_MAX and chain not in table:
+        table.clear()  # rare (100k chains in one process); costs one locking append per chain
+    table[chain] = value
 
 
 def audit_admin(

@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -367,19 +368,20 @@ class _Conn(asyncio.Protocol):
 
 
 class Client:
-    def __init__(self, port: int, path: str, token: str | None):
+    def __init__(self, port: int, path: str, tokens: list[str] | None):
         self.port = port
         self.idle: list[_Conn] = []
-        auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        self.head = (
+        base = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: {MODERN}\r\n"
-            f"{auth}"
-        ).encode()
+        )
+        # One head per agent token; calls take them in turn (--agents).
+        heads = [(base + f"Authorization: Bearer {token}\r\n").encode() for token in tokens or []] or [base.encode()]
+        self.heads = itertools.cycle(heads)
 
     def raw(self, body: bytes, method: str = "tools/call", name: str | None = "echo") -> bytes:
         extra = f"Mcp-Method: {method}\r\n" + (f"Mcp-Name: {name}\r\n" if name else "")
-        return self.head + extra.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        return next(self.heads) + extra.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
     async def _send(self, raw: bytes):
         conn = None
@@ -518,8 +520,8 @@ def ensure_database() -> str:
         return "created" if not exists else "exists"
 
 
-def register(upstream_url: str) -> str:
-    """Upstream server, agent, token and allow policy, via services. Returns the raw agent token."""
+def register(upstream_url: str, agents: int = 1) -> list[str]:
+    """Upstream server, agents, tokens and allow policy, via services. Returns a raw token per agent."""
     from agents.models import Agent
     from agents.services import agent_create, agent_token_issue
     from behavry.actors import SYSTEM
@@ -533,11 +535,15 @@ def register(upstream_url: str) -> str:
         upstream_server_create(slug=SLUG, name="Bench echo", url=upstream_url, by=SYSTEM, auth_header_value="")
     elif server.url != upstream_url or not server.enabled:
         upstream_server_update(server=server, by=SYSTEM, url=upstream_url, enabled=True)
-    agent = Agent.objects.filter(name=AGENT_NAME).first() or agent_create(name=AGENT_NAME, by=SYSTEM)
-    _, raw = agent_token_issue(agent=agent, by=SYSTEM, label="bench/proxy_overhead.py")
+    tokens = []
+    for i in range(agents):
+        name = AGENT_NAME if i == 0 else f"{AGENT_NAME}-{i}"
+        agent = Agent.objects.filter(name=name).first() or agent_create(name=name, by=SYSTEM)
+        _, raw = agent_token_issue(agent=agent, by=SYSTEM, label="bench/proxy_overhead.py")
+        tokens.append(raw)
     if not Policy.objects.filter(name=POLICY_NAME).exists():
         policy_create(data={"name": POLICY_NAME, "effect": "allow", "tools": ["echo"]}, by=SYSTEM)
-    return raw
+    return tokens
 
 
 # --- SQL round trips per call (in-process, libpq trace) ------------------------------------------------
@@ -770,7 +776,7 @@ def profile_target(target: Target, rate: float, seconds: float, timeout: float, 
     svg = Path(tempfile.gettempdir()) / f"behavry-profile-{target.name}.svg"
     # --gil: only threads holding the GIL, i.e. Python CPU, not waits on PostgreSQL or the network.
     base = [spy, "record", "--pid", str(target.proc.pid), "--rate", "500", "--gil"]
-    token = TOKEN if target.kind == "behavry" else None
+    tokens = TOKENS if target.kind == "behavry" else None
     duration = int(seconds) + 2
     proc = subprocess.Popen(
         [*base, "--duration", str(duration), "--format", "raw", "-o", str(raw)],
@@ -779,7 +785,7 @@ def profile_target(target: Target, rate: float, seconds: float, timeout: float, 
     )
     time.sleep(1.0)
     before = {pid: _split_ticks(pid) for pid in descendants(target.proc.pid)}
-    client = Client(target.port, target.path, token)
+    client = Client(target.port, target.path, tokens)
     window = runner.run(open_loop(client, rate, seconds, timeout, 50_000_000))
     after = {pid: _split_ticks(pid) for pid in descendants(target.proc.pid)}
     client.close()
@@ -801,7 +807,7 @@ def profile_target(target: Target, rate: float, seconds: float, timeout: float, 
             [*base, "--duration", "5", "-o", str(svg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         time.sleep(1.0)
-        client = Client(target.port, target.path, token)
+        client = Client(target.port, target.path, tokens)
         runner.run(open_loop(client, rate, 5, timeout, 60_000_000))
         client.close()
         proc.wait(60)
@@ -819,7 +825,7 @@ def _split_ticks(pid: int) -> tuple[int, int]:
 
 # --- main ----------------------------------------------------------------------------------------------
 
-TOKEN: str | None = None
+TOKENS: list[str] = []
 
 
 def fmt(value: float, width: int = 7, digits: int = 1) -> str:
@@ -834,7 +840,7 @@ def set_database(name: str) -> None:
 
 
 def main() -> None:
-    global TOKEN
+    global TOKENS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per rate and target (10)")
     parser.add_argument("--rates", default="50,100,200", help="arrival rates in calls/s (50,100,200)")
@@ -858,6 +864,12 @@ def main() -> None:
         help="with the SQL listing: CPU per call of N sequential in-process calls, no server (1000; 0 skips)",
     )
     parser.add_argument("--database", default=DB_NAME, help=f"PostgreSQL database to use ({DB_NAME})")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=1,
+        help="calls rotate over this many agents (1): each agent's audit events form one serialised chain",
+    )
     opts = parser.parse_args()
     set_database(opts.database)
     rates = [float(r) for r in opts.rates.split(",") if r.strip()]
@@ -900,7 +912,7 @@ def main() -> None:
         upstream = start_process([PY, "-m", "demo.upstream", "--port", str(up_port)], env, up_log)
         wait_port(upstream, up_port, up_log)
         upstream_url = f"http://127.0.0.1:{up_port}/mcp"
-        TOKEN = register(upstream_url)
+        TOKENS = register(upstream_url, opts.agents)
 
         print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, clock ticks {CLK_TCK}/s; {pg_settings()}")
         versions = []
@@ -927,7 +939,7 @@ def main() -> None:
         print(f"upstream (demo, official MCP SDK): {upstream_url}")
 
         if not opts.no_queries:
-            count_queries(TOKEN, opts.in_process)
+            count_queries(TOKENS[0], opts.in_process)
         from django.db import connections
 
         connections.close_all()
@@ -968,7 +980,7 @@ def main() -> None:
         # First contact: Behavry lists tools once (fills its catalog, detects the upstream's era), then
         # every target gets a short warm-up.
         for target in targets:
-            client = Client(target.port, target.path, TOKEN if target.kind == "behavry" else None)
+            client = Client(target.port, target.path, TOKENS if target.kind == "behavry" else None)
             if target.kind == "behavry":
                 body = json.dumps(
                     {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": {"_meta": _META}}
@@ -997,7 +1009,7 @@ def main() -> None:
         next_id = 1_000
         for rate in rates:
             for target in targets:
-                client = Client(target.port, target.path, TOKEN if target.kind == "behavry" else None)
+                client = Client(target.port, target.path, TOKENS if target.kind == "behavry" else None)
                 if opts.warmup > 0:
                     runner.run(open_loop(client, rate, opts.warmup, opts.timeout, next_id))
                     next_id += int(rate * opts.warmup) + 1

@@ -19,6 +19,13 @@ from tests.factories import AgentFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    """Hints and contention marks are per process; ids (and so chains) can repeat across tests."""
+    services._head_hints.clear()
+    services._contended_until.clear()
+
+
 def durable(agent, **kwargs):
     return audit_record(kind="decision", actor=TEST_ACTOR, agent=agent, durable=True, tool="echo", **kwargs)
 
@@ -112,3 +119,24 @@ def test_concurrent_writers_on_one_chain_keep_it_intact():
     assert_chain_intact(agent, 90)
     timestamps = list(AuditEvent.objects.filter(chain=f"agent:{agent.pk}").order_by("seq").values_list("timestamp"))
     assert timestamps == sorted(timestamps)  # time still runs forward along the chain
+
+
+@pytest.mark.postgres
+def test_a_chain_that_just_missed_takes_the_lock_for_a_while(monkeypatch):
+    """Under contention an optimistic attempt mostly waits for the row lock and then misses, so
+    after a miss the chain's appends lock directly for CONTENDED_SECONDS."""
+    agent = AgentFactory()
+    chain = f"agent:{agent.pk}"
+    durable(agent)
+    durable(agent)
+    services._head_hints[chain] = (1, "f" * 64)  # as if another process had appended
+    durable(agent)  # misses, then locks
+    with CaptureQueriesContext(connection) as locked:
+        durable(agent)
+    later = services.time.monotonic() + services.CONTENDED_SECONDS + 0.1
+    monkeypatch.setattr(services.time, "monotonic", lambda: later)
+    with CaptureQueriesContext(connection) as optimistic:
+        durable(agent)
+    assert len(locked) > 1  # the claim, then the insert
+    assert len(optimistic) == 1
+    assert_chain_intact(agent, 5)

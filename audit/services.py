@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -229,6 +230,7 @@ def _append(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
 _head_hints: dict[str, tuple[int, str]] = {}
 # chain -> monotonic time until which it counts as contended: appends take the row lock directly.
 _contended_until: dict[str, float] = {}
+_chain_locks: dict[str, threading.Lock] = {}
 CONTENDED_SECONDS = 1.0
 _HEAD_HINTS_MAX = 100_000
 
@@ -266,15 +268,23 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
     """Append in one autocommit statement when this process knows the chain's head (its own last
     append there), else through the locking append, whose result becomes the hint.
 
-    If another writer appended in between, the statement inserts nothing; the locking append,
+    If another process appended in between, the statement inserts nothing; the locking append,
     which always succeeds, takes over, and the chain counts as contended for CONTENDED_SECONDS:
     its appends go straight to the lock. Under contention an optimistic attempt mostly waits for
-    the row lock and then misses (bench: 8 writers on one chain, 373 events/s with retries against
-    602 with the lock), while an uncontended chain, the common case with one agent per caller,
-    saves three round trips per event. Timestamps are taken after the head is known, so they
+    the row lock and then misses (bench: 8 processes on one chain, 373 events/s with retries
+    against 602 with the lock), while a chain written by one process saves three round trips per
+    event. Timestamps are taken after the head is known, so they
     still increase along the chain.
     """
     chain = fields["chain"]
+    # One append per chain at a time in this process: threads of one process (the proxy's
+    # database pool) then never invalidate each other's hint, and wait here instead of on the
+    # head row lock. A miss means another process wrote.
+    with _chain_locks.setdefault(chain, threading.Lock()):
+        return _append_one_statement_locked(chain, fields, texts)
+
+
+def _append_one_statement_locked(chain: str, fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
     hint = _head_hints.get(chain)
     if hint is not None and _contended_until.get(chain, 0.0) <= time.monotonic():
         seq, previous_hash = hint[0] + 1, hint[1]
@@ -306,6 +316,8 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
 
 def _remember_head(chain: str, seq: int, digest: str) -> None:
     _bounded_put(_head_hints, chain, (seq, digest))
+    if len(_chain_locks) >= _HEAD_HINTS_MAX:
+        _chain_locks.clear()  # a lock held now still works; at worst two appends race and one misses
 
 
 def _bounded_put(table: dict[str, Any], chain: str, value: Any) -> None:

@@ -1,10 +1,10 @@
 """What Behavry adds to an MCP tools/call: latency and CPU, against the upstream direct and a zero-logic floor.
 
 Run:  .venv/bin/python bench/proxy_overhead.py [--seconds 10] [--rates 50,100,200] [--targets a,b]
-      [--no-access-log] [--no-queries] [--profile behavry-uvloop,behavry-daphne]
+      [--no-access-log] [--no-queries] [--in-process 1000] [--agents 1] [--profile behavry-uvloop,behavry-daphne]
 
-Optional packages (pip install into .venv for the bench; not in the requirements): uvloop and httptools
-(the *-uvloop targets), py-spy (--profile).
+uvloop and httptools come with the requirements (behavry-uvloop is the production server); py-spy
+(--profile) and httpx2 are optional: pip install them into .venv.
 
 Set-up (all inside this script):
 - PostgreSQL database `behavry_bench_proxy` (or --database) on 127.0.0.1:5432 (user postgres; created if missing),

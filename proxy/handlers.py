@@ -437,7 +437,14 @@ class _Decided:
 
 
 def _decide_and_record(
-    req: McpRequest, *, tool: str, arguments: dict[str, Any], request_id: str, started: float
+    req: McpRequest,
+    *,
+    tool: str,
+    arguments: dict[str, Any],
+    request_id: str,
+    started: float,
+    action: str | None = None,
+    resource: str | None = None,
 ) -> _Decided:
     """Decide and commit the decision event in one trip to the database thread (one hop per call
     instead of two). Runs off the event loop.
@@ -447,7 +454,8 @@ def _decide_and_record(
     deny, which is what gets recorded. An audit failure is returned, not raised, so the caller
     can deny with its reason.
     """
-    action, resource = "", ""
+    overrides = {"action": action, "resource": resource} if action is not None else {}
+    action, resource = action or "", resource or ""
     try:
         outcome = decide_tool_call(
             identity=req.identity,
@@ -455,6 +463,7 @@ def _decide_and_record(
             server_slug=req.target.slug,
             tool=tool,
             arguments=arguments,
+            **overrides,
         )
         if time.perf_counter() - started > settings.BEHAVRY_DECISION_TIMEOUT_SECONDS:
             raise TimeoutError("the decision took longer than BEHAVRY_DECISION_TIMEOUT_SECONDS")
@@ -943,40 +952,27 @@ async def handle_named_read(req: McpRequest) -> Reply:
     tool, arguments = _policy_target(req)
     request_id = uuid.uuid4().hex
     await _check_parked_state(req, tool, arguments, request_id)
+    started = time.perf_counter()
     try:
-        outcome = await database_sync_to_async(decide_tool_call)(
-            identity=req.identity,
-            server_id=req.target.id,
-            server_slug=req.target.slug,
+        # The same single hop as tools/call: decision timeout and audit-before-forward included.
+        decided = await _db_call(_decide_and_record)(
+            req,
             tool=tool,
             arguments=arguments,
+            request_id=request_id,
+            started=started,
             action="read",
             resource=value if method == "resources/read" else None,
         )
-        decision = outcome.decision
-    except Exception:
+        decision = decided.decision
+        if decided.audit_error is not None:
+            logger.error("decision audit failed; denying", exc_info=decided.audit_error)
+            stats["fail_closed"] += 1
+            decision = fail_closed(f"audit unavailable: {type(decided.audit_error).__name__}")
+    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
         logger.exception("decision failed; denying")
         stats["fail_closed"] += 1
-        decision = fail_closed("decision error")
-    try:
-        await record(
-            req,
-            kind="decision",
-            tool=tool,
-            action="read",
-            resource=value if method == "resources/read" else "",
-            decision=decision.decision,
-            policy_id=decision.policy_id,
-            reason=decision.reason,
-            request_id=request_id,
-            arguments=arguments,
-            trace=decision.trace,
-            details=_call_details(req, decision),
-        )
-    except Exception:
-        logger.exception("decision audit failed; denying")
-        stats["fail_closed"] += 1
-        decision = fail_closed("audit unavailable")
+        decision = fail_closed(f"audit unavailable: {type(exc).__name__}")
     if decision.decision != "allow":
         raise rpc.RpcError(
             rpc.POLICY_DENIED,

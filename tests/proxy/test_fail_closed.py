@@ -104,3 +104,27 @@ async def test_an_unreachable_upstream_is_a_clear_error_and_an_audited_outcome(b
     assert result.is_error and "could not reach" in result.content[0].text
     outcome = await run_in_thread(lambda: AuditEvent.objects.filter(kind="outcome").get())
     assert outcome.details["status"] == "upstream_error"
+
+
+@pytest.mark.parametrize("failure", ["slow", "audit"])
+async def test_a_read_fails_closed_like_a_tool_call(behavry_url, token, monkeypatch, settings, failure):
+    """prompts/get and resources/read go through the same decide-and-record step: a decision past
+    the timeout or an audit write that fails is a deny, and nothing is read upstream."""
+    from tests.proxy.test_endpoint import modern_headers, post
+
+    if failure == "slow":
+        settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+        monkeypatch.setattr("policies.selectors.policy_version", lambda: time.sleep(1.5) or 0)
+    else:
+
+        def broken(*args, **kwargs):
+            raise OperationalError("audit table unavailable")
+
+        monkeypatch.setattr("proxy.handlers.audit_record", broken)
+    await run_in_thread(policy_create, data={"name": "reads", "effect": "allow", "actions": ["read"]}, by=TEST_ACTOR)
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "resources/read", "params": {"uri": "demo://readme", "_meta": meta}}
+    headers = modern_headers(token, "resources/read", "demo://readme")
+    response = (await post(f"{behavry_url}/mcp/demo", body, headers)).json()
+    assert "result" not in response
+    assert response["error"]["data"]["behavry"]["policy_id"] == "system.fail_closed"

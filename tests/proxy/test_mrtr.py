@@ -199,6 +199,26 @@ async def test_a_state_that_does_not_verify_is_invalid_params_recorded_and_nothi
     assert expected in new[0]["reason"]
 
 
+async def test_the_answer_goes_on_the_upstream_session_the_call_went_on(legacy_url, legacy_server, token):
+    """Two first calls at once can each open a 2025 upstream session; the bridge row keeps only
+    the last. The answer to a parked call's question must still reach the session that asked."""
+    from agents.models import AgentSession
+    from proxy.identity import target_for_slug
+    from proxy.upstream import legacy_initialize
+
+    first, key = await ask_raw(legacy_url, token)
+    target = await run_in_thread(target_for_slug, "legacy")
+    other_session, _version, _result = await legacy_initialize(target, client_info={}, client_capabilities={})
+    moved = await run_in_thread(
+        lambda: AgentSession.objects.filter(pk__startswith="bridge-").update(upstream_session_id=other_session)
+    )
+    assert moved == 1  # another "first call" won the bridge row meanwhile
+
+    done = await rpc(legacy_url, retry(first, {key: {"action": "accept", "content": {"confirm": True}}}), token)
+
+    assert done["result"]["content"][0]["text"] == "The user answered yes."
+
+
 async def test_input_responses_must_be_an_object(legacy_url, token):
     first, _key = await ask_raw(legacy_url, token)
     assert (await rpc(legacy_url, retry(first, ["yes"]), token))["error"]["code"] == -32602

@@ -454,8 +454,6 @@ def _decide_and_record(
     deny, which is what gets recorded. An audit failure is returned, not raised, so the caller
     can deny with its reason.
     """
-    overrides = {"action": action, "resource": resource} if action is not None else {}
-    action, resource = action or "", resource or ""
     try:
         outcome = decide_tool_call(
             identity=req.identity,
@@ -463,7 +461,8 @@ def _decide_and_record(
             server_slug=req.target.slug,
             tool=tool,
             arguments=arguments,
-            **overrides,
+            action=action,
+            resource=resource,
         )
         if time.perf_counter() - started > settings.BEHAVRY_DECISION_TIMEOUT_SECONDS:
             raise TimeoutError("the decision took longer than BEHAVRY_DECISION_TIMEOUT_SECONDS")
@@ -473,6 +472,7 @@ def _decide_and_record(
         logger.exception("decision failed; denying")
         stats["fail_closed"] += 1
         decision = fail_closed(f"decision error: {type(exc).__name__}")
+        action, resource = action or "", resource or ""
     try:
         _record(
             req,
@@ -495,6 +495,24 @@ def _decide_and_record(
     return _Decided(decision, action, resource)
 
 
+async def _decide(req: McpRequest, **kwargs: Any) -> _Decided:
+    """_decide_and_record on a database thread, for tools/call and reads alike. If the decision
+    event could not be committed (the hop failed, or the audit write), the call is a
+    system.fail_closed deny: nothing is forwarded that the audit trail lacks."""
+    try:
+        decided = await _db_call(_decide_and_record)(req, **kwargs)
+    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
+        logger.exception("decision failed; denying")
+        stats["fail_closed"] += 1
+        return _Decided(fail_closed(f"audit unavailable: {type(exc).__name__}"), "", "")
+    if decided.audit_error is not None:
+        logger.error("decision audit failed; denying", exc_info=decided.audit_error)
+        stats["fail_closed"] += 1
+        reason = f"audit unavailable: {type(decided.audit_error).__name__}"
+        return _Decided(fail_closed(reason), decided.action, decided.resource)
+    return decided
+
+
 async def handle_tools_call(req: McpRequest) -> Reply:
     """authenticate (done) -> classify -> decide -> audit the decision (committed) -> forward -> audit the outcome."""
     msg_id = req.message["id"]
@@ -509,21 +527,8 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     await _check_parked_state(req, tool, arguments, request_id)
-    try:
-        decided = await _db_call(_decide_and_record)(
-            req, tool=tool, arguments=arguments, request_id=request_id, started=started
-        )
-    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
-        logger.exception("decision failed; denying")
-        stats["fail_closed"] += 1
-        return Reply(body=_result(req, msg_id, denial_result(fail_closed(f"audit unavailable: {type(exc).__name__}"))))
+    decided = await _decide(req, tool=tool, arguments=arguments, request_id=request_id, started=started)
     decision, action, resource = decided.decision, decided.action, decided.resource
-    if decided.audit_error is not None:
-        logger.error("decision audit failed; denying", exc_info=decided.audit_error)
-        stats["fail_closed"] += 1
-        reason = f"audit unavailable: {type(decided.audit_error).__name__}"
-        return Reply(body=_result(req, msg_id, denial_result(fail_closed(reason))))
-
     if decision.decision == "escalate":
         from proxy.hold import hold_for_approval  # the hold needs the forwarding below
 
@@ -952,27 +957,17 @@ async def handle_named_read(req: McpRequest) -> Reply:
     tool, arguments = _policy_target(req)
     request_id = uuid.uuid4().hex
     await _check_parked_state(req, tool, arguments, request_id)
-    started = time.perf_counter()
-    try:
-        # The same single hop as tools/call: decision timeout and audit-before-forward included.
-        decided = await _db_call(_decide_and_record)(
-            req,
-            tool=tool,
-            arguments=arguments,
-            request_id=request_id,
-            started=started,
-            action="read",
-            resource=value if method == "resources/read" else None,
-        )
-        decision = decided.decision
-        if decided.audit_error is not None:
-            logger.error("decision audit failed; denying", exc_info=decided.audit_error)
-            stats["fail_closed"] += 1
-            decision = fail_closed(f"audit unavailable: {type(decided.audit_error).__name__}")
-    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
-        logger.exception("decision failed; denying")
-        stats["fail_closed"] += 1
-        decision = fail_closed(f"audit unavailable: {type(exc).__name__}")
+    # The same single hop as tools/call: decision timeout and audit-before-forward included.
+    decided = await _decide(
+        req,
+        tool=tool,
+        arguments=arguments,
+        request_id=request_id,
+        started=time.perf_counter(),
+        action="read",
+        resource=value if method == "resources/read" else None,
+    )
+    decision = decided.decision
     if decision.decision != "allow":
         raise rpc.RpcError(
             rpc.POLICY_DENIED,

@@ -33,8 +33,9 @@ try:
     ALLOWED_HOSTS = env_list("BEHAVRY_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
     CSRF_TRUSTED_ORIGINS = env_list("BEHAVRY_CSRF_TRUSTED_ORIGINS", [])
     BEHAVRY_PORT = env_int("BEHAVRY_PORT", 8000, minimum=1, maximum=65535)
-    # uvicorn (uvloop + httptools) by default: 0.8-1.1 ms less CPU per proxied call than Daphne at
-    # the same load (bench/README.md). Daphne stays supported; `runserver` also uses it.
+    # uvicorn (uvloop + httptools) by default: less CPU per proxied call than Daphne at the same
+    # load in every bench run (0.1-1.5 ms, bench/README.md). Daphne stays supported; `runserver`
+    # uses it.
     BEHAVRY_ASGI_SERVER = env_choice("BEHAVRY_ASGI_SERVER", "uvicorn", ("uvicorn", "daphne"))
     BEHAVRY_DEMO_UPSTREAM_PORT = env_int("BEHAVRY_DEMO_UPSTREAM_PORT", 8765, minimum=1, maximum=65535)
     _database = parse_database_url(

@@ -85,10 +85,9 @@ behavry_env=(env -u DATABASE_URL -u REDIS_URL BEHAVRY_VAR_DIR="$WORK/var" DJANGO
   BEHAVRY_LOG_LEVEL=WARNING)
 (cd "$ROOT" && "${behavry_env[@]}" "$PY" manage.py migrate --noinput -v 0)
 TOKEN=$(cd "$ROOT" && "${behavry_env[@]}" "$PY" "$HERE/setup_behavry.py" "$DIRECT_URL")
-# The production server (uvicorn, uvloop, httptools: demo/management/commands/run_embedded.py).
-(cd "$ROOT" && exec "${behavry_env[@]}" "$PY" -m uvicorn behavry.asgi:application --host 127.0.0.1 \
-  --port "$P_BEHAVRY" --loop uvloop --http httptools --lifespan off --no-server-header) \
-  >"$WORK/behavry.log" 2>&1 &
+# The production server, with the command line `make run` uses (behavry/asgi_server.py).
+mapfile -t behavry_cmd < <(cd "$ROOT" && "$PY" -m behavry.asgi_server uvicorn "$P_BEHAVRY")
+(cd "$ROOT" && exec "${behavry_env[@]}" "${behavry_cmd[@]}") >"$WORK/behavry.log" 2>&1 &
 PIDS+=($!)
 wait_port Behavry "$P_BEHAVRY" "${PIDS[-1]}" "$WORK/behavry.log"
 

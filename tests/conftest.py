@@ -229,8 +229,10 @@ def start_daphne(redis_url: str) -> tuple[subprocess.Popen, str]:
         "DATABASE_URL": f"postgres://{settings['USER']}@{host}:{db_port}/{settings['NAME']}",
         "REDIS_URL": redis_url,
     }
+    from behavry.asgi_server import asgi_server_command
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "behavry.asgi:application"],
+        asgi_server_command("daphne", port),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -75,7 +75,7 @@ def test_run_embedded_serves_http_and_the_mcp_endpoint_with_either_asgi_server(s
 
     import httpx
 
-    from demo.management.commands.run_embedded import asgi_server_command
+    from behavry.asgi_server import asgi_server_command
     from tests.conftest import ROOT, free_port
 
     port = free_port()

@@ -16,6 +16,7 @@ import urllib.request
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from behavry.asgi_server import asgi_server_command
 from demo.loader import demo_load
 
 
@@ -29,32 +30,6 @@ def _wait_http(url: str, timeout: float) -> bool:
         except OSError:
             time.sleep(0.2)
     return False
-
-
-def asgi_server_command(server: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The ASGI server's command line: uvicorn with uvloop and httptools (the default, measured
-    cheaper per proxied call in bench/README.md) or Daphne. Both serve HTTP, SSE and websockets
-    through Channels; neither needs lifespan events."""
-    app = "behavry.asgi:application"
-    if server == "daphne":
-        return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), app]
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--lifespan",
-        "off",
-        "--no-server-header",
-    ]
 
 
 class Command(BaseCommand):

@@ -273,13 +273,14 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
     its appends go straight to the lock. Under contention an optimistic attempt mostly waits for
     the row lock and then misses (bench: 8 processes on one chain, 373 events/s with retries
     against 602 with the lock), while a chain written by one process saves three round trips per
-    event. Timestamps are taken after the head is known, so they
-    still increase along the chain.
+    event. Timestamps are taken after the head is known, so they still increase along the chain.
     """
     chain = fields["chain"]
     # One append per chain at a time in this process: threads of one process (the proxy's
     # database pool) then never invalidate each other's hint, and wait here instead of on the
     # head row lock. A miss means another process wrote.
+    if len(_chain_locks) >= _HEAD_HINTS_MAX:
+        _chain_locks.clear()  # a lock held now still works; at worst two appends race and one misses
     with _chain_locks.setdefault(chain, threading.Lock()):
         return _append_one_statement_locked(chain, fields, texts)
 
@@ -316,8 +317,6 @@ def _append_one_statement_locked(chain: str, fields: dict[str, Any], texts: dict
 
 def _remember_head(chain: str, seq: int, digest: str) -> None:
     _bounded_put(_head_hints, chain, (seq, digest))
-    if len(_chain_locks) >= _HEAD_HINTS_MAX:
-        _chain_locks.clear()  # a lock held now still works; at worst two appends race and one misses
 
 
 def _bounded_put(table: dict[str, Any], chain: str, value: Any) -> None:

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -59,7 +60,35 @@ def _text(value: Any, limit: int) -> str:
     return clean_text(str(value or ""))[:limit]
 
 
-def audit_record(
+def audit_record(*, durable: bool = False, **event: Any) -> AuditEvent:
+    """Append one event to its chain and return it, committed. `event` is what
+    audit_event_fields() takes.
+
+    1. Redact arguments and hash DLP matches (raw values never reach the table).
+    2. In one transaction: lock the chain head, number the event head.seq + 1, hash it onto
+       head.last_hash, insert it, move and re-sign the head (see _append).
+    3. With `durable=True` (the tool-call path) this must be the outermost transaction, so the
+       event is committed when the function returns. Called inside a service's transaction it
+       commits together with the change it records, or not at all.
+    The event loop's version, without a database thread, is audit.aio.audit_record_async.
+    """
+    fields, texts = audit_event_fields(**event)
+    try:
+        if durable and _one_statement_possible():
+            event_row = _append_one_statement(fields, texts)
+        else:
+            with transaction.atomic(durable=durable):
+                event_row = _append(fields, texts)
+    except DatabaseError as exc:
+        logger.error("audit write failed: %s", exc)
+        raise AuditWriteError(f"audit write failed: {exc}") from exc
+    return event_row
+
+
+_AUDIT_KINDS = frozenset(AuditKind.values)  # AuditKind.values builds a new list on every access
+
+
+def audit_event_fields(
     *,
     kind: str,
     actor: Actor,
@@ -78,20 +107,14 @@ def audit_record(
     dlp_findings: Iterable[dict[str, Any]] = (),
     trace: list[Any] | None = None,
     details: dict[str, Any] | None = None,
-    durable: bool = False,
-) -> AuditEvent:
-    """Append one event to its chain and return it, committed.
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """An event's columns, cleaned and redacted, and the canonical text of its JSON columns;
+    everything but the chain position (seq, timestamp, hashes). No database access.
 
-    1. Redact arguments and hash DLP matches (raw values never reach the table).
-    2. In one transaction: lock the chain head, number the event head.seq + 1, hash it onto
-       head.last_hash, insert it, move and re-sign the head (see _append).
-    3. With `durable=True` (the tool-call path) this must be the outermost transaction, so the
-       event is committed when the function returns. Called inside a service's transaction it
-       commits together with the change it records, or not at all.
     `agent` is an Agent or anything with `pk` and `name`. Decision and outcome events need one
     and go on that agent's chain; admin events go on the admin chain.
     """
-    if kind not in AuditKind.values:
+    if kind not in _AUDIT_KINDS:
         raise AuditWriteError(f"unknown audit kind {kind!r}")
     if kind != AuditKind.ADMIN and agent is None:
         raise AuditWriteError(f"{kind} events need an agent")
@@ -129,17 +152,7 @@ def audit_record(
             raise ValueError("audit fields cannot hold NaN or infinity")
     except (TypeError, ValueError) as exc:
         raise AuditWriteError(f"audit event is not serialisable: {exc}") from exc
-
-    try:
-        if durable and _one_statement_possible():
-            event = _append_one_statement(fields, texts)
-        else:
-            with transaction.atomic(durable=durable):
-                event = _append(fields, texts)
-    except DatabaseError as exc:
-        logger.error("audit write failed: %s", exc)
-        raise AuditWriteError(f"audit write failed: {exc}") from exc
-    return event
+    return fields, texts
 
 
 _EVENT_COLUMNS = (*HASHED_FIELDS, "previous_hash", "event_hash")
@@ -232,7 +245,7 @@ _head_hints: dict[str, tuple[int, str]] = {}
 _contended_until: dict[str, float] = {}
 _chain_locks: dict[str, threading.Lock] = {}
 CONTENDED_SECONDS = 1.0
-_HEAD_HINTS_MAX = 100_000
+HEAD_HINTS_MAX = 100_000
 
 
 def _one_statement_possible() -> bool:
@@ -243,7 +256,7 @@ def _one_statement_possible() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _one_statement_sql() -> str:
+def one_statement_sql() -> str:
     """Move the head from (seq, hash) to (seq + 1, new hash) and insert the event only if the head
     moved, in one statement. The last SELECT returns a row only if the chain has a head: no row
     means its first event (which creates the head), a row without an event id a stale hint."""
@@ -279,40 +292,86 @@ def _append_one_statement(fields: dict[str, Any], texts: dict[str, str]) -> Audi
     # One append per chain at a time in this process: threads of one process (the proxy's
     # database pool) then never invalidate each other's hint, and wait here instead of on the
     # head row lock. A miss means another process wrote.
-    if len(_chain_locks) >= _HEAD_HINTS_MAX:
+    if len(_chain_locks) >= HEAD_HINTS_MAX:
         _chain_locks.clear()  # a lock held now still works; at worst two appends race and one misses
     with _chain_locks.setdefault(chain, threading.Lock()):
         return _append_one_statement_locked(chain, fields, texts)
 
 
 def _append_one_statement_locked(chain: str, fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
-    hint = _head_hints.get(chain)
-    if hint is not None and _contended_until.get(chain, 0.0) <= time.monotonic():
-        seq, previous_hash = hint[0] + 1, hint[1]
-        timestamp = timezone.now()
-        values = {**fields, **texts, "seq": seq, "timestamp": timestamp}
-        digest = event_hash_from_text(values, previous_hash)
-        stamp = connection.ops.adapt_datetimefield_value(timestamp)
-        params: list[Any] = [digest, head_signature(chain, seq, digest), stamp, chain, hint[0], previous_hash]
-        params += [stamp if name == "timestamp" else values[name] for name in HASHED_FIELDS]
-        params += [previous_hash, digest, chain]
+    hint = usable_head_hint(chain)
+    if hint is not None:
+        statement = one_statement_append(chain, hint, fields, texts)
         with _append_cursor() as cursor:
-            cursor.execute(_one_statement_sql(), params)
+            cursor.execute(one_statement_sql(), statement.params)
             row = cursor.fetchone()
-        if row is not None and row[0] is not None:
-            _remember_head(chain, seq, digest)
+        if statement.applied(row):
             return AuditEvent(
                 id=row[0],
-                **{**fields, "seq": seq, "timestamp": timestamp},
-                previous_hash=previous_hash,
-                event_hash=digest,
+                **{**fields, "seq": statement.seq, "timestamp": statement.timestamp},
+                previous_hash=hint[1],
+                event_hash=statement.digest,
             )
-        if row is not None:  # the head moved under us (no row: the chain's first event)
-            _bounded_put(_contended_until, chain, time.monotonic() + CONTENDED_SECONDS)
+    return locking_append(fields, texts)
+
+
+def usable_head_hint(chain: str) -> tuple[int, str] | None:
+    """This process's last (seq, hash) on `chain`, unless there is none or the chain is contended."""
+    hint = _head_hints.get(chain)
+    if hint is None or _contended_until.get(chain, 0.0) > time.monotonic():
+        return None
+    return hint
+
+
+@dataclass
+class OneStatementAppend:
+    """The parameters of one_statement_sql() for the event after `hint`, and reading its result."""
+
+    chain: str
+    seq: int
+    timestamp: datetime
+    digest: str
+    params: list[Any]
+
+    def applied(self, row: tuple | None) -> bool:
+        """True if the statement appended (the hint then moves on); on a miss, the chain is marked
+        contended. No row means the chain had no head yet (its first event), a row without an event
+        id that another process appended since the hint."""
+        if row is not None and row[0] is not None:
+            _remember_head(self.chain, self.seq, self.digest)
+            return True
+        if row is not None:
+            _bounded_put(_contended_until, self.chain, time.monotonic() + CONTENDED_SECONDS)
+        return False
+
+
+def one_statement_append(
+    chain: str, hint: tuple[int, str], fields: dict[str, Any], texts: dict[str, str]
+) -> OneStatementAppend:
+    seq, previous_hash = hint[0] + 1, hint[1]
+    timestamp = timezone.now()
+    values = {**fields, **texts, "seq": seq, "timestamp": timestamp}
+    digest = event_hash_from_text(values, previous_hash)
+    # psycopg adapts aware datetimes itself: Django's adapt_datetimefield_value is the identity on
+    # PostgreSQL, and not calling it keeps this usable from the event loop (audit/aio.py).
+    params: list[Any] = [digest, head_signature(chain, seq, digest), timestamp, chain, hint[0], previous_hash]
+    params += [values[name] for name in HASHED_FIELDS]
+    params += [previous_hash, digest, chain]
+    return OneStatementAppend(chain, seq, timestamp, digest, params)
+
+
+def locking_append(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
+    """The always-correct durable append (BEGIN, row lock, insert, COMMIT); its result becomes this
+    process's hint for the chain."""
     with transaction.atomic(durable=True):
         event = _append(fields, texts)
-    _remember_head(chain, event.seq, event.event_hash)
+    _remember_head(fields["chain"], event.seq, event.event_hash)
     return event
+
+
+def forget_head_hint(chain: str) -> None:
+    """After an append whose result is unknown: the next one takes the lock and re-reads the head."""
+    _head_hints.pop(chain, None)
 
 
 def _remember_head(chain: str, seq: int, digest: str) -> None:
@@ -320,7 +379,7 @@ def _remember_head(chain: str, seq: int, digest: str) -> None:
 
 
 def _bounded_put(table: dict[str, Any], chain: str, value: Any) -> None:
-    if len(table) >= _HEAD_HINTS_MAX and chain not in table:
+    if len(table) >= HEAD_HINTS_MAX and chain not in table:
         table.clear()  # rare (100k chains in one process); costs one locking append per chain
     table[chain] = value
 

@@ -641,11 +641,12 @@ def count_queries(token: str, calls: int = 0) -> None:
             text = " ".join(sql.split())
             print(f"    {i:>2}. {text[:150]}{'…' if len(text) > 150 else ''}")
 
-    from proxy import handlers
+    from behavry import dbthreads
 
-    # On PostgreSQL the handlers' database steps run on a pool of threads with their own
-    # connections, out of this trace's reach; here they run on this thread (the SQL is the same).
-    parallel, handlers._PARALLEL_DB = handlers._PARALLEL_DB, False
+    # On PostgreSQL the handlers' database steps run on a pool of threads, and the audit appends
+    # on the event loop's own connections (behavry/pgpool.py), out of this trace's reach; here all
+    # of them run on this thread's connection (the SQL is the same).
+    parallel, dbthreads.PARALLEL_DB = dbthreads.PARALLEL_DB, False
     print("\nSQL per allowed tools/call (in-process McpEndpoint, libpq protocol trace)")
     async_to_sync(call)(1)  # era detection, catalog, caches
     async_to_sync(call)(2)
@@ -659,7 +660,7 @@ def count_queries(token: str, calls: int = 0) -> None:
         f"  the extra {len(trips2) - len(trips)} round trips recur at most once a second (identity, upstream) and"
         " twice a second (policy version) per process: <0.05 per call at 100 calls/s"
     )
-    handlers._PARALLEL_DB = parallel
+    dbthreads.PARALLEL_DB = parallel
     if calls:
         # Behavry's own code without any HTTP server: sequential calls, database steps on the pool
         # threads as in production; CPU of this whole process (client side of the upstream call

@@ -384,6 +384,14 @@ class _EngineCache:
             except Exception as exc:  # the database is down or the rules are unreadable
                 raise PolicyEngineError(f"policy engine unavailable: {exc}") from exc
 
+    def peek(self) -> PolicyEngine | None:
+        """The engine if it was checked against the database less than REFRESH_SECONDS ago, else
+        None; never touches the database (for the event loop)."""
+        engine = self._engine
+        if engine is not None and time.monotonic() - self._checked_at < REFRESH_SECONDS:
+            return engine
+        return None
+
     def reset(self) -> None:
         with self._lock:
             self._engine = None

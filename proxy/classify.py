@@ -25,13 +25,19 @@ _CACHE_SECONDS = 1.0  # like identities: an admin's reclassification applies wit
 _rows: dict[tuple[int, str], tuple[float, tuple[str, str] | None]] = {}
 
 
-def _catalog_row(server_id: int, tool: str) -> tuple[str, str] | None:
+class NotCached(LookupError):
+    """A cached-only lookup found nothing fresh: the caller goes to the database instead."""
+
+
+def _catalog_row(server_id: int, tool: str, *, cached_only: bool = False) -> tuple[str, str] | None:
     """(action, resource_argument) from the catalog, cached per process for at most a second."""
     key = (server_id, tool)
     entry = _rows.get(key)
     now = time.monotonic()
     if entry is not None and now - entry[0] < _CACHE_SECONDS:
         return entry[1]
+    if cached_only:
+        raise NotCached(key)
     row = (
         Tool.objects.filter(server_id=server_id, name=tool)
         .only("default_action", "action_override", "resource_argument")
@@ -44,13 +50,16 @@ def _catalog_row(server_id: int, tool: str) -> tuple[str, str] | None:
     return value
 
 
-def classify_call(*, server_id: int | None, tool: str, arguments: dict[str, Any] | None) -> Classification:
+def classify_call(
+    *, server_id: int | None, tool: str, arguments: dict[str, Any] | None, cached_only: bool = False
+) -> Classification:
     """Action from the catalog (an admin override wins), resource from the tool's resource argument.
 
     A tool missing from the catalog (never listed, or a hypothetical one in a simulation) is
     classified from its name alone, and its resource from the usual argument names.
+    `cached_only` raises NotCached instead of reading a catalog row the cache does not hold.
     """
-    row = _catalog_row(server_id, tool) if server_id is not None else None
+    row = _catalog_row(server_id, tool, cached_only=cached_only) if server_id is not None else None
     arguments = arguments if isinstance(arguments, dict) else {}
     if row is not None:
         action, resource_argument = row

@@ -8,25 +8,22 @@ JSON body, or a stream of JSON-RPC messages to send as SSE.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 
 from agents.models import AgentSession, SessionEra
 from agents.services import agent_session_open, agent_session_set_upstream
-from audit.services import audit_record
+from audit.aio import audit_record_async
 from behavry.actors import Actor
+from behavry.dbthreads import on_db_thread
 from policies.engine import Decision, current_engine
 from proxy import inflight, mrtr
 from proxy import jsonrpc as rpc
@@ -296,53 +293,20 @@ def _result(req: McpRequest, msg_id: Any, result: dict[str, Any]) -> dict[str, A
 # --- audit helpers -------------------------------------------------------------------------------
 
 
-def _record(req: McpRequest, **fields: Any):
-    return audit_record(
-        actor=req.actor,
-        agent=req.identity,
-        session=req.session.pk if req.session is not None else "",
-        server=req.target.slug,
+def _event(req: McpRequest, **fields: Any) -> dict[str, Any]:
+    """The audit event's arguments: this request's agent, session and server, plus `fields`."""
+    return {
+        "actor": req.actor,
+        "agent": req.identity,
+        "session": req.session.pk if req.session is not None else "",
+        "server": req.target.slug,
         **fields,
-    )
-
-
-def _db_call(fn):
-    """`fn` on a database thread. On PostgreSQL, any of a small pool of threads (each with its own
-    connection), so one call's audit writes do not queue behind every other call's; SQLite keeps
-    the single thread, since it takes one writer at a time anyway."""
-    if not _PARALLEL_DB:
-        return database_sync_to_async(fn)
-    return functools.partial(_in_db_pool, fn)
-
-
-_PARALLEL_DB = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
-# Sized like asyncio's default executor (which database_sync_to_async(thread_sensitive=False)
-# used before): at most this many PostgreSQL connections per proxy process.
-_DB_POOL = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="behavry-db")
-
-
-async def _in_db_pool(fn, *args: Any, **kwargs: Any) -> Any:
-    """What database_sync_to_async(thread_sensitive=False) does, without building an asgiref
-    wrapper per call: measured 181 against 94 microseconds of CPU per hop, two hops per tool call.
-    Stale connections are closed before and after, as Django's request cycle would. The thread
-    sees a copy of the caller's contextvars and sends none back; asgiref `Local` values (active
-    timezone, translation) do not reach it: the functions run here use neither."""
-    # submit + wrap_future rather than loop.run_in_executor, whose coroutine-function check on the
-    # partial cost another ~30 microseconds.
-    future = _DB_POOL.submit(contextvars.copy_context().run, _run_with_connection_upkeep, fn, args, kwargs)
-    return await asyncio.wrap_future(future)
-
-
-def _run_with_connection_upkeep(fn, args: tuple, kwargs: dict[str, Any]) -> Any:
-    close_old_connections()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        close_old_connections()
+    }
 
 
 async def record(req: McpRequest, **fields: Any) -> None:
-    await _db_call(_record)(req, durable=True, **fields)
+    """From the event loop: on PostgreSQL mostly without a database thread (audit/aio.py)."""
+    await audit_record_async(**_event(req, **fields))
 
 
 async def record_best_effort(req: McpRequest, **fields: Any) -> None:
@@ -433,27 +397,22 @@ class _Decided:
     decision: Decision
     action: str
     resource: str
-    audit_error: Exception | None = None
 
 
-def _decide_and_record(
+def _decision_for(
     req: McpRequest,
     *,
     tool: str,
     arguments: dict[str, Any],
-    request_id: str,
     started: float,
-    action: str | None = None,
-    resource: str | None = None,
-) -> _Decided:
-    """Decide and commit the decision event in one trip to the database thread (one hop per call
-    instead of two). Runs off the event loop.
-
-    A decision that raises, or that finishes later than BEHAVRY_DECISION_TIMEOUT_SECONDS after the
-    call arrived (time queued for the database thread included), becomes a system.fail_closed
-    deny, which is what gets recorded. An audit failure is returned, not raised, so the caller
-    can deny with its reason.
-    """
+    action: str | None,
+    resource: str | None,
+    cached_only: bool = False,
+) -> _Decided | None:
+    """The decision, with its classification. A decision that raises, or that finishes later than
+    BEHAVRY_DECISION_TIMEOUT_SECONDS after the call arrived (time queued for the database thread
+    included), becomes a system.fail_closed deny. With `cached_only` (on the event loop), None when
+    a cache needs the database: the caller then decides on a database thread."""
     try:
         outcome = decide_tool_call(
             identity=req.identity,
@@ -463,53 +422,77 @@ def _decide_and_record(
             arguments=arguments,
             action=action,
             resource=resource,
+            cached_only=cached_only,
         )
+        if outcome is None:
+            return None
         if time.perf_counter() - started > settings.BEHAVRY_DECISION_TIMEOUT_SECONDS:
             raise TimeoutError("the decision took longer than BEHAVRY_DECISION_TIMEOUT_SECONDS")
-        decision = outcome.decision
-        action, resource = outcome.classification.action, outcome.classification.resource
+        return _Decided(outcome.decision, outcome.classification.action, outcome.classification.resource)
     except Exception as exc:  # includes TimeoutError: a slow database is an unavailable one
         logger.exception("decision failed; denying")
         stats["fail_closed"] += 1
-        decision = fail_closed(f"decision error: {type(exc).__name__}")
-        action, resource = action or "", resource or ""
-    try:
-        _record(
-            req,
-            durable=True,
-            kind="decision",
-            tool=tool,
-            action=action,
-            resource=resource,
-            decision=decision.decision,
-            policy_id=decision.policy_id,
-            reason=decision.reason,
-            request_id=request_id,
-            arguments=arguments,
-            trace=decision.trace,
-            details=_call_details(req, decision),
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
-    except Exception as exc:  # noqa: BLE001 - the caller logs it and denies
-        return _Decided(decision, action, resource, exc)
-    return _Decided(decision, action, resource)
+        return _Decided(fail_closed(f"decision error: {type(exc).__name__}"), action or "", resource or "")
 
 
-async def _decide(req: McpRequest, **kwargs: Any) -> _Decided:
-    """_decide_and_record on a database thread, for tools/call and reads alike. If the decision
-    event could not be committed (the hop failed, or the audit write), the call is a
-    system.fail_closed deny: nothing is forwarded that the audit trail lacks."""
+def _decision_event(
+    req: McpRequest, decided: _Decided, *, tool: str, arguments: dict[str, Any], request_id: str, started: float
+) -> dict[str, Any]:
+    decision = decided.decision
+    return {
+        "kind": "decision",
+        "tool": tool,
+        "action": decided.action,
+        "resource": decided.resource,
+        "decision": decision.decision,
+        "policy_id": decision.policy_id,
+        "reason": decision.reason,
+        "request_id": request_id,
+        "arguments": arguments,
+        "trace": decision.trace,
+        "details": _call_details(req, decision),
+        "latency_ms": (time.perf_counter() - started) * 1000,
+    }
+
+
+async def _decide(
+    req: McpRequest,
+    *,
+    tool: str,
+    arguments: dict[str, Any],
+    request_id: str,
+    started: float,
+    action: str | None = None,
+    resource: str | None = None,
+) -> _Decided:
+    """Decide and commit the decision event, for tools/call and reads alike. The decision runs on
+    the event loop when the caches are fresh (the usual case), else on a database thread; the event
+    is written from the loop either way, so this process's appends to the agent's chain queue on
+    one lock (audit/aio.py) instead of racing a thread's. If the decision event could not be
+    committed, the call is a system.fail_closed deny: nothing is forwarded that the audit trail lacks."""
+    how: dict[str, Any] = {
+        "tool": tool,
+        "arguments": arguments,
+        "started": started,
+        "action": action,
+        "resource": resource,
+    }
+    decided = _decision_for(req, cached_only=True, **how)
+    if decided is None:
+        try:
+            decided = await on_db_thread(_decision_for, req, **how)
+        except Exception as exc:  # the hop itself failed
+            logger.exception("decision failed; denying")
+            stats["fail_closed"] += 1
+            decided = _Decided(fail_closed(f"decision error: {type(exc).__name__}"), action or "", resource or "")
+        assert decided is not None  # only a cached-only decision can be missing
+    event = _decision_event(req, decided, tool=tool, arguments=arguments, request_id=request_id, started=started)
     try:
-        decided = await _db_call(_decide_and_record)(req, **kwargs)
-    except Exception as exc:  # the hop itself failed: nothing is known to be recorded
-        logger.exception("decision failed; denying")
+        await record(req, **event)
+    except Exception as exc:
+        logger.error("decision audit failed; denying", exc_info=exc)
         stats["fail_closed"] += 1
-        return _Decided(fail_closed(f"audit unavailable: {type(exc).__name__}"), "", "")
-    if decided.audit_error is not None:
-        logger.error("decision audit failed; denying", exc_info=decided.audit_error)
-        stats["fail_closed"] += 1
-        reason = f"audit unavailable: {type(decided.audit_error).__name__}"
-        return _Decided(fail_closed(reason), decided.action, decided.resource)
+        return _Decided(fail_closed(f"audit unavailable: {type(exc).__name__}"), decided.action, decided.resource)
     return decided
 
 

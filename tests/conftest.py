@@ -65,6 +65,18 @@ def _clean_cache(settings):
 
 
 @pytest.fixture(autouse=True)
+def _close_proxy_connections():
+    """The audit append's event-loop connections (behavry/pgpool.py) belong to a test's loop, and
+    the database threads' (behavry/dbthreads.py) outlive any test: close both after each test, or
+    the test database cannot be dropped."""
+    yield
+    from behavry import dbthreads, pgpool
+
+    pgpool.close_all()
+    dbthreads.close_thread_connections()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # Personas get a password; the production hasher costs ~0.6 s per user.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

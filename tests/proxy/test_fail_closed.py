@@ -11,6 +11,7 @@ from mcp import Client
 
 from audit.models import AuditEvent
 from policies.services import policy_create
+from tests.audit.test_aio import refuse_audit_inserts
 from tests.conftest import TEST_ACTOR
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 
@@ -44,12 +45,13 @@ async def test_the_control_case_writes_upstream(behavry_url, demo_upstream, toke
     assert await upstream_has(demo_upstream, path)
 
 
+async def broken_audit(*args, **kwargs):
+    raise OperationalError("audit table unavailable")
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_an_audit_write_failure_denies(behavry_url, demo_upstream, token, mode, monkeypatch):
-    def broken(*args, **kwargs):
-        raise OperationalError("audit table unavailable")
-
-    monkeypatch.setattr("proxy.handlers.audit_record", broken)
+    monkeypatch.setattr("proxy.handlers.audit_record_async", broken_audit)
     path, result = await write_through_behavry(behavry_url, token, mode)
     assert result.is_error
     assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
@@ -57,7 +59,31 @@ async def test_an_audit_write_failure_denies(behavry_url, demo_upstream, token, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_decision_function_error_denies_and_is_audited(behavry_url, demo_upstream, token, mode, monkeypatch):
+async def test_a_database_refusing_the_decision_event_denies_on_the_warm_path(behavry_url, demo_upstream, token, mode):
+    """Warm caches and a known chain head: the decision is made on the event loop and its event
+    written on the loop's own connection (audit/aio.py). A real refusal there denies too."""
+    path, result = await write_through_behavry(behavry_url, token, mode)  # warms every cache
+    assert not result.is_error
+    await run_in_thread(refuse_audit_inserts, True)
+    try:
+        path, result = await write_through_behavry(behavry_url, token, mode)
+    finally:
+        await run_in_thread(refuse_audit_inserts, False)
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+    path, result = await write_through_behavry(behavry_url, token, mode)  # and it recovers
+    assert not result.is_error and await upstream_has(demo_upstream, path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("warm", [False, True], ids=["cold-caches", "warm-caches"])
+async def test_a_decision_function_error_denies_and_is_audited(
+    behavry_url, demo_upstream, token, mode, monkeypatch, warm
+):
+    """Cold caches: the decision runs on a database thread; warm: on the event loop."""
+    if warm:
+        await write_through_behavry(behavry_url, token, mode)
+
     def broken(**kwargs):
         raise RuntimeError("engine bug")
 
@@ -65,8 +91,8 @@ async def test_a_decision_function_error_denies_and_is_audited(behavry_url, demo
     path, result = await write_through_behavry(behavry_url, token, mode)
     assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
     assert not await upstream_has(demo_upstream, path)
-    event = await run_in_thread(lambda: AuditEvent.objects.filter(tool="write_file").get())
-    assert (event.decision, event.policy_id) == ("deny", "system.fail_closed")
+    event = await run_in_thread(lambda: AuditEvent.objects.filter(tool="write_file", decision="deny").get())
+    assert event.policy_id == "system.fail_closed"
 
 
 async def test_an_unavailable_database_denies(behavry_url, demo_upstream, token, monkeypatch):
@@ -116,11 +142,7 @@ async def test_a_read_fails_closed_like_a_tool_call(behavry_url, token, monkeypa
         settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
         monkeypatch.setattr("policies.selectors.policy_version", lambda: time.sleep(1.5) or 0)
     else:
-
-        def broken(*args, **kwargs):
-            raise OperationalError("audit table unavailable")
-
-        monkeypatch.setattr("proxy.handlers.audit_record", broken)
+        monkeypatch.setattr("proxy.handlers.audit_record_async", broken_audit)
     await run_in_thread(policy_create, data={"name": "reads", "effect": "allow", "actions": ["read"]}, by=TEST_ACTOR)
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     body = {"jsonrpc": "2.0", "id": 5, "method": "resources/read", "params": {"uri": "demo://readme", "_meta": meta}}

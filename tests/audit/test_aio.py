@@ -1,0 +1,214 @@
+"""audit_record_async: the tool-call path's append from the event loop. On PostgreSQL the steady
+state is one statement on the loop's own connection (behavry/pgpool.py); whatever goes wrong there
+(another writer, a refused insert, a cancelled caller, a connection the server closed) must end in
+an intact chain, and a failure must raise, never pass silently."""
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
+
+from audit import services
+from audit.aio import audit_record_async
+from audit.models import AuditEvent
+from audit.services import AuditWriteError, audit_record
+from behavry import pgpool
+from tests.audit.test_one_statement_append import assert_chain_intact
+from tests.conftest import TEST_ACTOR
+from tests.factories import AgentFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    services._head_hints.clear()
+    services._contended_until.clear()
+
+
+def event(agent, **kwargs):
+    return {"kind": "decision", "actor": TEST_ACTOR, "agent": agent, "tool": "echo", **kwargs}
+
+
+@sync_to_async
+def in_thread(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+async def test_concurrent_appends_on_one_chain_stay_in_order():
+    agent = await in_thread(AgentFactory)
+    ids = await asyncio.gather(*(audit_record_async(**event(agent, arguments={"n": n})) for n in range(40)))
+    assert len(set(ids)) == 40
+    await in_thread(assert_chain_intact, agent, 40)
+    stored = await in_thread(lambda: AuditEvent.objects.get(pk=ids[7]))
+    assert stored.arguments == {"n": 7}
+
+
+@pytest.mark.postgres
+async def test_the_steady_state_runs_on_the_loop_connection_not_a_thread(monkeypatch):
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))  # first event: the locking append on a thread
+
+    async def no_thread(*args, **kwargs):
+        raise AssertionError("went to a database thread")
+
+    monkeypatch.setattr("audit.aio.on_db_thread", no_thread)
+    for _ in range(5):
+        await audit_record_async(**event(agent))
+    assert pgpool.for_running_loop().size == 1
+    await in_thread(assert_chain_intact, agent, 6)
+
+
+async def test_a_synchronous_writer_in_between_costs_a_retry_not_a_broken_chain():
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    await in_thread(audit_record, durable=True, **event(agent, tool="admin-side"))  # moves the head
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    await in_thread(assert_chain_intact, agent, 5)
+
+
+@pytest.mark.postgres
+async def test_a_refused_insert_raises_and_the_next_append_recovers():
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))  # the hint is known: next is the one statement
+    await in_thread(refuse_audit_inserts, True)
+    try:
+        with pytest.raises(AuditWriteError, match="refused by test"):
+            await audit_record_async(**event(agent))
+    finally:
+        await in_thread(refuse_audit_inserts, False)
+    await audit_record_async(**event(agent))
+    await in_thread(assert_chain_intact, agent, 3)
+
+
+@pytest.mark.postgres
+async def test_a_cancelled_append_leaves_the_chain_intact():
+    """Cancelled while the statement waits on the head row: written or not is unknown to this
+    process, so its hint is dropped and the next append re-reads the head."""
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        task = asyncio.ensure_future(audit_record_async(**event(agent)))
+        await asyncio.sleep(0.3)
+        assert not task.done()  # waiting on the row lock
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    assert f"agent:{agent.pk}" not in services._head_hints
+    await audit_record_async(**event(agent))
+    count = await in_thread(lambda: AuditEvent.objects.filter(agent_id=agent.pk).count())
+    assert count in (3, 4)  # the cancelled one may or may not have been written
+    await in_thread(assert_chain_intact, agent, count)
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    pool = pgpool.for_running_loop()
+    ((idle, _),) = pool._idle
+    await in_thread(_terminate, idle.pgconn.backend_pid)
+    await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
+    await audit_record_async(**event(agent))  # would fail (and deny a call) on the dead connection
+    assert pool.size == 1 and pool._idle[0][0] is not idle
+    await in_thread(assert_chain_intact, agent, 3)
+
+
+@pytest.mark.postgres
+async def test_fetch_row_reports_server_errors_and_refuses_unknown_values():
+    pool = pgpool.for_running_loop()
+    conn = await pool.acquire()
+    assert await pgpool.fetch_row(conn, b"SELECT $1::int + 1, $2::text, $3::text", [41, "é", None]) == (
+        b"42",
+        "é".encode(),
+        None,
+    )
+    with pytest.raises(pgpool.StatementError, match="division by zero"):
+        await pgpool.fetch_row(conn, b"SELECT 1 / $1::int", [0])
+    with pytest.raises(TypeError, match="bytes"):
+        await pgpool.fetch_row(conn, b"SELECT $1::text", [b"raw"])
+    await pool.release(conn)
+
+
+@pytest.mark.postgres
+async def test_the_pool_waits_at_its_limit_instead_of_opening_more():
+    pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=2, max_age=60)
+    first, second = await pool.acquire(), await pool.acquire()
+    third = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.1)
+    assert not third.done() and pool.size == 2
+    await pool.release(first)
+    assert await asyncio.wait_for(third, 5) is first
+    await pool.release(second, broken=True)  # closed, its slot freed
+    assert pool.size == 1
+    await pool.release(first)
+    await pool.close()
+    assert pool.size == 0
+
+
+@pytest.mark.postgres
+async def test_connections_older_than_the_max_age_are_replaced():
+    pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=2, max_age=0)
+    conn = await pool.acquire()
+    await pool.release(conn)
+    again = await pool.acquire()
+    assert again is not conn and conn.closed
+    await pool.release(again)
+    await pool.close()
+
+
+def refuse_audit_inserts(on: bool) -> None:
+    """A real failure of the audit write: the database refuses every new event (both backends)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            if on:
+                cursor.execute(
+                    "CREATE TRIGGER test_refuse BEFORE INSERT ON audit_auditevent"
+                    " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+                )
+            else:
+                cursor.execute("DROP TRIGGER test_refuse")
+        elif on:
+            cursor.execute(
+                "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN RAISE EXCEPTION 'refused by test'; END$$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_refuse BEFORE INSERT ON audit_auditevent"
+                " FOR EACH ROW EXECUTE FUNCTION test_refuse()"
+            )
+        else:
+            cursor.execute("DROP TRIGGER test_refuse ON audit_auditevent")
+            cursor.execute("DROP FUNCTION test_refuse()")
+
+
+def _hold_head_lock(chain: str, locked: threading.Event, release: threading.Event) -> None:
+    conn = connections.create_connection("default")
+    try:
+        conn.set_autocommit(False)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT seq FROM audit_auditchainhead WHERE chain = %s FOR UPDATE", [chain])
+            locked.set()
+            release.wait(10)
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+def _terminate(pid: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])

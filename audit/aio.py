@@ -73,22 +73,22 @@ async def audit_record_async(**event: Any) -> int:
 async def _execute_on_loop(chain: str, params: list[Any]) -> tuple | None:
     pool = pgpool.for_running_loop()
     try:
-        conn = await pool.acquire()
+        pooled = await pool.acquire()
     except Exception as exc:
         logger.error("audit write failed: %s", exc)
         raise AuditWriteError(f"audit write failed: cannot connect: {exc}") from exc
     try:
-        raw = await pgpool.fetch_row(conn, _dollar_sql(), params)
+        raw = await pooled.fetch_row(_dollar_sql(), params)
     except BaseException as exc:
         # Written or not is unknown (a cancel mid-statement, a connection lost after sending):
         # forget the hint, so the next append takes the lock and learns the real head.
         forget_head_hint(chain)
-        await pool.release(conn, broken=True)
+        await pool.release(pooled, broken=True)
         if isinstance(exc, Exception):
             logger.error("audit write failed: %s", exc)
             raise AuditWriteError(f"audit write failed: {exc}") from exc
         raise
-    await pool.release(conn)
+    await pool.release(pooled)
     if raw is None:
         return None
     event_id, seq, last_hash = raw

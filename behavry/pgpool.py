@@ -2,13 +2,14 @@
 every call (the audit append, audit/aio.py).
 
 Why not the ORM on a database thread: each hop to a thread and back cost about 0.1 ms of CPU, and
-the ORM's cursor and connection wrappers another few tens of microseconds, twice per tool call
-(bench/README.md). An `AsyncConnection` in autocommit mode runs the one statement on the loop.
+the ORM's cursor and connection wrappers more, twice per tool call; in process a call went from
+1.6 to 1.0-1.1 ms of CPU (bench/README.md).
 
 Each event loop gets its own small pool (`for_running_loop`). Connections are made on demand, up
 to DB_THREADS per loop, from the same settings as Django's default connection (so tests reach the
 test database), and are closed after BEHAVRY_DB_CONN_MAX_AGE seconds like Django's. A connection
-that failed in use, or that the server closed while it sat idle, is dropped, never reused.
+that failed in use, or that the server wrote to while it sat idle (a restart, pg_terminate_backend,
+an idle timeout), is dropped, never reused: using it would fail the next tool call closed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import select
 import time
 import weakref
 from datetime import datetime
@@ -29,13 +29,102 @@ from psycopg import pq
 from behavry.dbthreads import DB_THREADS
 
 
+class StatementError(RuntimeError):
+    """PostgreSQL refused the statement (the message is the server's), or the connection failed."""
+
+
+class PooledConnection:
+    """One autocommit connection, with its socket watched by the loop for its whole life: one
+    add_reader per connection instead of an add/remove pair (two epoll_ctl calls) per statement,
+    and anything the server sends while the connection is idle marks it stale at once."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, loop: asyncio.AbstractEventLoop):
+        self.conn = conn
+        self.opened = time.monotonic()
+        self.stale = False
+        self._loop = loop
+        self._fd = conn.pgconn.socket
+        self._waiter: asyncio.Future | None = None
+        self._busy = False
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        if self._busy:
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+        else:
+            # Idle, yet the server wrote: an error before closing, most likely. Stop watching
+            # (the socket stays readable, so the callback would spin) and drop it on next use.
+            self.stale = True
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):  # a closed loop has nothing to remove
+                self._loop.remove_reader(self._fd)
+            self._fd = -1
+
+    def usable(self, max_age: float) -> bool:
+        pgconn = self.conn.pgconn
+        return (
+            not self.stale
+            and time.monotonic() - self.opened < max_age
+            and pgconn.status == pq.ConnStatus.OK
+            and pgconn.transaction_status == pq.TransactionStatus.IDLE
+        )
+
+    async def fetch_row(self, sql: bytes, params: list[Any]) -> tuple[bytes | None, ...] | None:
+        """Run one statement (`$1`-style placeholders) and return its first row as raw text values.
+
+        Straight on libpq's protocol functions: psycopg's cursor (query conversion, a dumper
+        lookup per value, result set-up) measured about twice the CPU of the statement itself
+        here. Values go as text, their types given by the statement's casts and columns: str, int,
+        float, aware datetime and None only.
+        """
+        pgconn = self.conn.pgconn
+        values = [_text_value(value) for value in params]
+        self._busy = True
+        try:
+            pgconn.send_query_params(sql, values)
+            while pgconn.flush():  # an event too large for the socket buffer in one go
+                await _writable(self._loop, pgconn.socket)
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                self._waiter = self._loop.create_future()
+                await self._waiter
+                pgconn.consume_input()
+            first: tuple[bytes | None, ...] | None = None
+            error = ""
+            while (result := pgconn.get_result()) is not None:
+                if result.status == pq.ExecStatus.TUPLES_OK:
+                    if result.ntuples and first is None:
+                        first = tuple(result.get_value(0, col) for col in range(result.nfields))
+                elif result.status != pq.ExecStatus.COMMAND_OK:
+                    error = (result.error_message or b"").decode("utf-8", "replace").strip() or str(result.status)
+        finally:
+            self._busy = False
+            self._waiter = None
+        if error or pgconn.status != pq.ConnStatus.OK:
+            raise StatementError(error or pgconn.get_error_message().strip() or "connection lost")
+        return first
+
+    async def close(self) -> None:
+        self._unwatch()
+        with contextlib.suppress(Exception):  # it is being thrown away either way
+            await self.conn.close()
+
+    def close_now(self) -> None:
+        self._unwatch()
+        self.conn.pgconn.finish()
+
+
 class AsyncPgPool:
     def __init__(self, params: dict[str, Any], *, max_size: int, max_age: float):
         self._params = params
         self._max_size = max_size
         self._max_age = max_age
-        self._idle: list[tuple[psycopg.AsyncConnection, float]] = []  # (connection, opened at)
-        self._opened: dict[psycopg.AsyncConnection, float] = {}
+        self._idle: list[PooledConnection] = []
+        self._opened: set[PooledConnection] = set()
         self._connecting = 0  # connects in flight count towards max_size
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
@@ -43,12 +132,12 @@ class AsyncPgPool:
     def size(self) -> int:
         return len(self._opened)
 
-    async def acquire(self) -> psycopg.AsyncConnection:
+    async def acquire(self) -> PooledConnection:
         while self._idle:
-            conn, opened = self._idle.pop()
-            if time.monotonic() - opened < self._max_age and _still_open(conn):
-                return conn
-            await self._drop(conn)
+            pooled = self._idle.pop()
+            if pooled.usable(self._max_age):
+                return pooled
+            await self._drop(pooled)
         if len(self._opened) + self._connecting < self._max_size:
             self._connecting += 1
             try:
@@ -58,8 +147,9 @@ class AsyncPgPool:
                 raise
             finally:
                 self._connecting -= 1
-            self._opened[conn] = time.monotonic()
-            return conn
+            pooled = PooledConnection(conn, asyncio.get_running_loop())
+            self._opened.add(pooled)
+            return pooled
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -69,32 +159,30 @@ class AsyncPgPool:
                 self._waiters.remove(waiter)
         return await self.acquire()
 
-    async def release(self, conn: psycopg.AsyncConnection, *, broken: bool = False) -> None:
+    async def release(self, pooled: PooledConnection, *, broken: bool = False) -> None:
         """Back to the pool; `broken` (it failed in use, or the use was cancelled part-way, so its
         state is unknown) closes it instead."""
-        opened = self._opened.get(conn)
-        if broken or opened is None or conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            await self._drop(conn)
+        if broken or pooled not in self._opened:
+            await self._drop(pooled)
         else:
-            self._idle.append((conn, opened))
+            self._idle.append(pooled)
         self._wake_one()
 
     async def close(self) -> None:
-        for conn in list(self._opened):
-            await self._drop(conn)
+        for pooled in list(self._opened):
+            await self._drop(pooled)
         self._idle.clear()
 
     def close_now(self) -> None:
-        """Close every connection without the loop (its loop may be gone): ends the sessions."""
-        for conn in list(self._opened):
-            conn.pgconn.finish()
+        """Close every connection without awaiting (its loop may be stopped): ends the sessions."""
+        for pooled in self._opened:
+            pooled.close_now()
         self._opened.clear()
         self._idle.clear()
 
-    async def _drop(self, conn: psycopg.AsyncConnection) -> None:
-        self._opened.pop(conn, None)
-        with contextlib.suppress(Exception):  # it is being thrown away either way
-            await conn.close()
+    async def _drop(self, pooled: PooledConnection) -> None:
+        self._opened.discard(pooled)
+        await pooled.close()
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -102,54 +190,6 @@ class AsyncPgPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-
-
-def _still_open(conn: psycopg.AsyncConnection) -> bool:
-    """No round trip: an idle connection has nothing to read unless the server sent an error and
-    closed it (a restart, pg_terminate_backend, an idle timeout). Using such a connection would
-    fail the next tool call closed; a readable socket drops it here instead."""
-    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
-        return False
-    try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
-        return False
-    return not readable
-
-
-class StatementError(RuntimeError):
-    """PostgreSQL refused the statement (the message is the server's), or the connection failed."""
-
-
-async def fetch_row(conn: psycopg.AsyncConnection, sql: bytes, params: list[Any]) -> tuple[bytes | None, ...] | None:
-    """Run one statement (`$1`-style placeholders) and return its first row as raw text values.
-
-    Straight on libpq's protocol functions: psycopg's cursor (query conversion, a dumper lookup
-    per value, result set-up) measured about twice the CPU of the statement itself here. Values
-    go as text, with their types from the statement's casts and columns: str, int, float, aware
-    datetime and None only. The caller holds `conn` exclusively (from the pool).
-    """
-    pgconn = conn.pgconn
-    loop = asyncio.get_running_loop()
-    values = [_text_value(value) for value in params]
-    pgconn.send_query_params(sql, values)
-    while pgconn.flush():  # a large event that did not fit the socket buffer in one go
-        await _ready(loop, pgconn.socket, write=True)
-    pgconn.consume_input()
-    while pgconn.is_busy():
-        await _ready(loop, pgconn.socket, write=False)
-        pgconn.consume_input()
-    first: tuple[bytes | None, ...] | None = None
-    error = ""
-    while (result := pgconn.get_result()) is not None:
-        if result.status == pq.ExecStatus.TUPLES_OK:
-            if result.ntuples and first is None:
-                first = tuple(result.get_value(0, col) for col in range(result.nfields))
-        elif result.status != pq.ExecStatus.COMMAND_OK:
-            error = (result.error_message or b"").decode("utf-8", "replace").strip() or str(result.status)
-    if error or pgconn.status != pq.ConnStatus.OK:
-        raise StatementError(error or pgconn.get_error_message().strip() or "connection lost")
-    return first
 
 
 def _text_value(value: Any) -> bytes | None:
@@ -166,14 +206,13 @@ def _text_value(value: Any) -> bytes | None:
     raise TypeError(f"cannot send a {type(value).__name__} as statement text")
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     ready = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
-    add(fd, _set_once, ready)
+    loop.add_writer(fd, _set_once, ready)
     try:
         await ready
     finally:
-        remove(fd)
+        loop.remove_writer(fd)
 
 
 def _set_once(future: asyncio.Future) -> None:

@@ -15,17 +15,11 @@ from audit.aio import audit_record_async
 from audit.models import AuditEvent
 from audit.services import AuditWriteError, audit_record
 from behavry import pgpool
-from tests.audit.test_one_statement_append import assert_chain_intact
+from tests.audit.test_one_statement_append import _fresh_process_state, assert_chain_intact  # noqa: F401 - autouse
 from tests.conftest import TEST_ACTOR
 from tests.factories import AgentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process_state():
-    services._head_hints.clear()
-    services._contended_until.clear()
 
 
 def event(agent, **kwargs):
@@ -120,28 +114,33 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused():
     await audit_record_async(**event(agent))
     await audit_record_async(**event(agent))
     pool = pgpool.for_running_loop()
-    ((idle, _),) = pool._idle
-    await in_thread(_terminate, idle.pgconn.backend_pid)
+    (idle,) = pool._idle
+    await in_thread(_terminate, idle.conn.pgconn.backend_pid)
     await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
+    assert idle.stale
     await audit_record_async(**event(agent))  # would fail (and deny a call) on the dead connection
-    assert pool.size == 1 and pool._idle[0][0] is not idle
+    assert pool.size == 1 and pool._idle[0] is not idle and idle.conn.closed
     await in_thread(assert_chain_intact, agent, 3)
 
 
 @pytest.mark.postgres
 async def test_fetch_row_reports_server_errors_and_refuses_unknown_values():
     pool = pgpool.for_running_loop()
-    conn = await pool.acquire()
-    assert await pgpool.fetch_row(conn, b"SELECT $1::int + 1, $2::text, $3::text", [41, "é", None]) == (
+    pooled = await pool.acquire()
+    assert await pooled.fetch_row(b"SELECT $1::int + 1, $2::text, $3::text", [41, "é", None]) == (
         b"42",
         "é".encode(),
         None,
     )
     with pytest.raises(pgpool.StatementError, match="division by zero"):
-        await pgpool.fetch_row(conn, b"SELECT 1 / $1::int", [0])
+        await pooled.fetch_row(b"SELECT 1 / $1::int", [0])
     with pytest.raises(TypeError, match="bytes"):
-        await pgpool.fetch_row(conn, b"SELECT $1::text", [b"raw"])
-    await pool.release(conn)
+        await pooled.fetch_row(b"SELECT $1::text", [b"raw"])
+    # a statement larger than the socket buffer is flushed in parts
+    big = "x" * 4_000_000
+    assert await pooled.fetch_row(b"SELECT length($1::text)", [big]) == (b"4000000",)
+    assert not pooled.stale  # the results read while busy did not count as idle chatter
+    await pool.release(pooled)
 
 
 @pytest.mark.postgres
@@ -166,7 +165,7 @@ async def test_connections_older_than_the_max_age_are_replaced():
     conn = await pool.acquire()
     await pool.release(conn)
     again = await pool.acquire()
-    assert again is not conn and conn.closed
+    assert again is not conn and conn.conn.closed
     await pool.release(again)
     await pool.close()
 

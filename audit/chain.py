@@ -76,8 +76,12 @@ def timestamp_text(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+# One encoder for every call: json.dumps() with these options builds a new JSONEncoder each time.
+_canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _canonical_encode(_normalise(value))
 
 
 def event_hash(fields: dict[str, Any], previous_hash: str) -> str:
@@ -145,10 +149,19 @@ def event_hash_from_text(values: dict[str, Any], previous_hash: str) -> str:
     (a test holds them to it).
     """
     parts = []
-    for key in _SORTED_FIELDS:
+    for key, prefix, is_json in _TEXT_PLAN:
         value = values[key]
-        parts.append(f'"{key}":{value if key in JSON_FIELDS else _scalar_text(value)}')
+        if is_json:
+            parts.append(prefix + value)
+        elif value.__class__ is str:  # most columns: the C quoting function directly
+            parts.append(prefix + _quote(value))
+        else:
+            parts.append(prefix + _scalar_text(value))
     return hashlib.sha256(("{" + ",".join(parts) + "}" + previous_hash).encode("utf-8")).hexdigest()
+
+
+_TEXT_PLAN = tuple((key, f'"{key}":', key in JSON_FIELDS) for key in _SORTED_FIELDS)
+_quote = json.encoder.encode_basestring  # what _dumps does for a str, without its method call
 
 
 @lru_cache(maxsize=4)

@@ -22,6 +22,8 @@ MAX_DEPTH = 16
 
 def clean_text(value: str) -> str:
     """Strip what PostgreSQL text cannot hold: NUL and unpaired surrogates."""
+    if value.isascii():  # the usual case: no surrogates possible, no UTF-8 copy needed to know it
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:

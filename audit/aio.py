@@ -11,11 +11,12 @@ takes the locking append on a database thread, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import weakref
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError
 
 from audit import services
@@ -35,13 +36,6 @@ from behavry.dbthreads import on_db_thread
 
 logger = logging.getLogger("behavry.audit")
 
-# loop -> chain -> lock: one append per chain at a time on each loop, so this loop's appends never
-# invalidate each other's head hint (audit_record's database threads hold a threading.Lock for the
-# same reason). asyncio locks belong to one loop.
-_chain_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 async def audit_record_async(**event: Any) -> int:
     """Append one event durably and return its id; what `audit_record(durable=True, **event)`
@@ -54,7 +48,8 @@ async def audit_record_async(**event: Any) -> int:
         return (await on_db_thread(functools.partial(audit_record, durable=True, **event))).pk
     fields, texts = audit_event_fields(**event)
     chain = fields["chain"]
-    locks = _chain_locks.setdefault(asyncio.get_running_loop(), {})
+    pool = pgpool.for_running_loop()
+    locks = pool.chain_locks
     if len(locks) >= HEAD_HINTS_MAX:
         locks.clear()  # a lock held now still works; at worst two appends race and one misses
     lock = locks.get(chain)
@@ -64,35 +59,51 @@ async def audit_record_async(**event: Any) -> int:
         hint = services.usable_head_hint(chain)
         if hint is not None:
             statement = one_statement_append(chain, hint, fields, texts)
-            row = await _execute_on_loop(chain, statement.params)
+            row = await _execute_on_loop(pool, chain, statement.params)
             if statement.applied(row) and row is not None:
                 return row[0]
         return (await on_db_thread(_locking_append, fields, texts)).pk
 
 
-async def _execute_on_loop(chain: str, params: list[Any]) -> tuple | None:
-    pool = pgpool.for_running_loop()
+async def _execute_on_loop(pool: pgpool.AsyncPgPool, chain: str, params: list[Any]) -> tuple | None:
+    """The one statement, bounded by BEHAVRY_DECISION_TIMEOUT_SECONDS (waiting for a connection
+    included): a chain head locked elsewhere (audit_truncate, a stuck transaction) or a database
+    that stopped answering fails the append, so the call is denied, instead of holding it and a
+    pooled connection indefinitely. The statement is cancelled on the server; if it committed
+    first, the trail holds a decision that was then denied as fail-closed, never the reverse."""
+    timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS
     try:
-        pooled = await pool.acquire()
+        async with asyncio.timeout(timeout):
+            pooled = await pool.acquire()
     except Exception as exc:
         logger.error("audit write failed: %s", exc)
-        raise AuditWriteError(f"audit write failed: cannot connect: {exc}") from exc
+        raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
-        raw = await pooled.fetch_row(_dollar_sql(), params)
+        async with asyncio.timeout(timeout):
+            raw = await pooled.fetch_row(_dollar_sql(), params)
     except BaseException as exc:
-        # Written or not is unknown (a cancel mid-statement, a connection lost after sending):
-        # forget the hint, so the next append takes the lock and learns the real head.
+        # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
+        # sending): forget the hint, so the next append takes the lock and learns the real head.
         forget_head_hint(chain)
+        if isinstance(exc, TimeoutError):
+            await _cancel_on_server(pooled)
         await pool.release(pooled, broken=True)
         if isinstance(exc, Exception):
-            logger.error("audit write failed: %s", exc)
-            raise AuditWriteError(f"audit write failed: {exc}") from exc
+            logger.error("audit write failed: %r", exc)
+            raise AuditWriteError(f"audit write failed: {exc!r}") from exc
         raise
     await pool.release(pooled)
     if raw is None:
         return None
     event_id, seq, last_hash = raw
     return (None if event_id is None else int(event_id), int(seq or 0), (last_hash or b"").decode())
+
+
+async def _cancel_on_server(pooled: pgpool.PooledConnection) -> None:
+    """Best effort: the connection is dropped next, but a statement waiting on a lock would
+    otherwise stay queued on the server (it notices a closed client only when it writes)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pooled.conn.cancel_safe(), 2)
 
 
 @functools.lru_cache(maxsize=1)

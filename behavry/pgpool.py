@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import time
 import weakref
 from datetime import datetime
@@ -24,7 +25,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections
-from psycopg import pq
+from psycopg import pq, sql
 
 from behavry.dbthreads import DB_THREADS
 
@@ -52,9 +53,16 @@ class PooledConnection:
         if self._busy:
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
-        else:
+            elif self._waiter is None:
+                # Answer bytes while the statement is still being flushed: let libpq buffer them,
+                # or this level-triggered callback would run on every loop iteration until then.
+                with contextlib.suppress(psycopg.OperationalError):
+                    self.conn.pgconn.consume_input()
+        elif _has_input(self._fd):
             # Idle, yet the server wrote: an error before closing, most likely. Stop watching
             # (the socket stays readable, so the callback would spin) and drop it on next use.
+            # asyncio's selector loop also calls this once after a statement whose answer was read
+            # in the meantime (it collected the event first): then nothing is there.
             self.stale = True
             self._unwatch()
 
@@ -88,14 +96,20 @@ class PooledConnection:
             pgconn.send_query_params(sql, values)
             while pgconn.flush():  # an event too large for the socket buffer in one go
                 await _writable(self._loop, pgconn.socket)
-            pgconn.consume_input()
-            while pgconn.is_busy():
-                self._waiter = self._loop.create_future()
-                await self._waiter
-                pgconn.consume_input()
             first: tuple[bytes | None, ...] | None = None
             error = ""
-            while (result := pgconn.get_result()) is not None:
+            while True:
+                # get_result() blocks the whole loop while libpq lacks the rest of a message: wait
+                # for is_busy() to clear before each call, as psycopg does.
+                pgconn.consume_input()
+                while pgconn.is_busy():
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+                    self._waiter = None
+                    pgconn.consume_input()
+                result = pgconn.get_result()
+                if result is None:
+                    break
                 if result.status == pq.ExecStatus.TUPLES_OK:
                     if result.ntuples and first is None:
                         first = tuple(result.get_value(0, col) for col in range(result.nfields))
@@ -119,8 +133,11 @@ class PooledConnection:
 
 
 class AsyncPgPool:
-    def __init__(self, params: dict[str, Any], *, max_size: int, max_age: float):
+    def __init__(self, params: dict[str, Any], *, max_size: int, max_age: float, role: str = ""):
         self._params = params
+        self._role = role  # Django's OPTIONS["assume_role"], which its connection parameters leave out
+        # chain -> asyncio.Lock, for audit/aio.py: locks belong to this pool's loop and go with it.
+        self.chain_locks: dict[str, asyncio.Lock] = {}
         self._max_size = max_size
         self._max_age = max_age
         self._idle: list[PooledConnection] = []
@@ -133,40 +150,66 @@ class AsyncPgPool:
         return len(self._opened)
 
     async def acquire(self) -> PooledConnection:
-        while self._idle:
-            pooled = self._idle.pop()
-            if pooled.usable(self._max_age):
-                return pooled
-            await self._drop(pooled)
-        if len(self._opened) + self._connecting < self._max_size:
-            self._connecting += 1
+        """An idle connection, a new one while under max_size, or the next one released."""
+        while True:
+            while self._idle:
+                pooled = self._idle.pop()
+                if pooled.usable(self._max_age):
+                    return pooled
+                await self._drop(pooled)
+            if len(self._opened) + self._connecting < self._max_size:
+                return await self._connect()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
-                conn = await psycopg.AsyncConnection.connect(**self._params)
+                handed = await waiter
             except BaseException:
-                self._wake_one()  # a failed connect frees its slot for a waiter
+                if waiter.done() and not waiter.cancelled():
+                    # Handed a connection (or a free slot) just before being cancelled: pass it on,
+                    # or the next waiter would sleep until some later release.
+                    self._hand_over(waiter.result())
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
                 raise
-            finally:
-                self._connecting -= 1
-            pooled = PooledConnection(conn, asyncio.get_running_loop())
-            self._opened.add(pooled)
-            return pooled
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+            if handed is not None:
+                if handed.usable(self._max_age):
+                    return handed
+                await self._drop(handed)
+            # else: a connection was closed, so there is room to open one; loop round
+
+    async def _connect(self) -> PooledConnection:
+        self._connecting += 1
         try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return await self.acquire()
+            conn = await psycopg.AsyncConnection.connect(**self._params)
+            if self._role:
+                await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self._role)))
+        except BaseException:
+            self._connecting -= 1
+            self._hand_over(None)  # a failed connect frees its slot for a waiter
+            raise
+        self._connecting -= 1
+        pooled = PooledConnection(conn, asyncio.get_running_loop())
+        self._opened.add(pooled)
+        return pooled
 
     async def release(self, pooled: PooledConnection, *, broken: bool = False) -> None:
-        """Back to the pool; `broken` (it failed in use, or the use was cancelled part-way, so its
-        state is unknown) closes it instead."""
+        """Back to the pool (straight to the longest waiter, if any); `broken` (it failed in use,
+        or the use was cancelled part-way, so its state is unknown) closes it instead."""
         if broken or pooled not in self._opened:
             await self._drop(pooled)
+            self._hand_over(None)
         else:
+            self._hand_over(pooled)
+
+    def _hand_over(self, pooled: PooledConnection | None) -> None:
+        """Give a connection (or, with None, the room to open one) to the longest waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(pooled)
+                return
+        if pooled is not None:
             self._idle.append(pooled)
-        self._wake_one()
 
     async def close(self) -> None:
         for pooled in list(self._opened):
@@ -184,26 +227,33 @@ class AsyncPgPool:
         self._opened.discard(pooled)
         await pooled.close()
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
 
 def _text_value(value: Any) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, str):
+        if "\x00" in value:  # libpq would cut the text there: stored and hashed would differ
+            raise ValueError("text parameters cannot hold NUL")
         return value.encode()
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise TypeError("naive datetime")  # would be read in the session's time zone
         return value.isoformat().encode()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return repr(value).encode()
+    if isinstance(value, bool):
+        raise TypeError("cannot send a bool as statement text")
+    if isinstance(value, int):
+        return int.__repr__(value).encode()  # not a subclass's repr (IntEnum prints its name)
+    if isinstance(value, float):
+        return float.__repr__(value).encode()
     raise TypeError(f"cannot send a {type(value).__name__} as statement text")
+
+
+def _has_input(fd: int) -> bool:
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return True  # a socket select() refuses is no use either
+    return bool(readable)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -220,6 +270,8 @@ def _set_once(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+# loop -> its pool. Weak keys, though a pool's connections point back at their loop: close_all()
+# is what lets a finished test loop go.
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPgPool] = weakref.WeakKeyDictionary()
 
 
@@ -228,9 +280,13 @@ def for_running_loop() -> AsyncPgPool:
     loop = asyncio.get_running_loop()
     pool = _pools.get(loop)
     if pool is None:
-        max_age = connections["default"].settings_dict["CONN_MAX_AGE"]
+        settings_dict = connections["default"].settings_dict
+        max_age = settings_dict["CONN_MAX_AGE"]
         pool = _pools[loop] = AsyncPgPool(
-            connection_params(), max_size=DB_THREADS, max_age=float("inf") if max_age is None else max_age
+            connection_params(),
+            max_size=DB_THREADS,
+            max_age=float("inf") if max_age is None else max_age,
+            role=settings_dict["OPTIONS"].get("assume_role") or "",
         )
     return pool
 
@@ -250,7 +306,11 @@ def connection_params() -> dict[str, Any]:
 
 
 def close_all() -> None:
-    """Close every loop's connections (tests, before the test database is dropped)."""
-    for pool in list(_pools.values()):
+    """Close the connections of every loop that is no longer running (tests: a finished test's
+    loop). A loop still running elsewhere (a server thread) keeps its pool: closing it from this
+    thread would pull connections from under statements in flight."""
+    for loop, pool in list(_pools.items()):
+        if loop.is_running():
+            continue
         pool.close_now()
-    _pools.clear()
+        del _pools[loop]

@@ -28,7 +28,12 @@ def event(agent, **kwargs):
 
 @sync_to_async
 def in_thread(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
+    """ORM code from the async tests; its connection is closed after, or it would outlive the
+    tests and keep the test database from being dropped."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connections.close_all()
 
 
 async def test_concurrent_appends_on_one_chain_stay_in_order():
@@ -49,10 +54,16 @@ async def test_the_steady_state_runs_on_the_loop_connection_not_a_thread(monkeyp
         raise AssertionError("went to a database thread")
 
     monkeypatch.setattr("audit.aio.on_db_thread", no_thread)
-    for _ in range(5):
-        await audit_record_async(**event(agent))
-    assert pgpool.for_running_loop().size == 1
-    await in_thread(assert_chain_intact, agent, 6)
+    await audit_record_async(**event(agent))
+    pool = pgpool.for_running_loop()
+    (first,) = pool._idle
+    for latency in (0.1, 1e20, 1 / 3, None, 7.0):  # floats go as text; the stored values must hash the same
+        await audit_record_async(**event(agent, latency_ms=latency))
+        # One loop turn while idle: asyncio's selector loop may still deliver the readable event it
+        # collected before the answer was read. That is not the server talking.
+        await asyncio.sleep(0)
+    assert pool._idle == [first]  # one connection, reused: not dropped as stale after each statement
+    await in_thread(assert_chain_intact, agent, 7)
 
 
 async def test_a_synchronous_writer_in_between_costs_a_retry_not_a_broken_chain():
@@ -102,10 +113,66 @@ async def test_a_cancelled_append_leaves_the_chain_intact():
         release.set()
         await asyncio.to_thread(holder.join, 10)
     assert f"agent:{agent.pk}" not in services._head_hints
+    assert pgpool.for_running_loop().size == 0  # its state unknown, the connection was dropped
     await audit_record_async(**event(agent))
     count = await in_thread(lambda: AuditEvent.objects.filter(agent_id=agent.pk).count())
     assert count in (3, 4)  # the cancelled one may or may not have been written
     await in_thread(assert_chain_intact, agent, count)
+
+
+@pytest.mark.postgres
+async def test_an_append_stuck_on_a_locked_head_times_out_and_is_cancelled(settings):
+    """A chain head locked elsewhere (audit_truncate, a stuck transaction): the append fails after
+    BEHAVRY_DECISION_TIMEOUT_SECONDS (the call is denied), and its statement is cancelled on the
+    server, so it does not commit later when the lock goes."""
+    settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        with pytest.raises(AuditWriteError, match="TimeoutError"):
+            await audit_record_async(**event(agent, tool="stuck"))
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    await audit_record_async(**event(agent))
+    tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
+    assert "stuck" not in tools and len(tools) == 3
+    await in_thread(assert_chain_intact, agent, 3)
+
+
+@pytest.mark.postgres
+async def test_a_waiter_cancelled_as_it_is_handed_a_connection_passes_it_on():
+    pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=1, max_age=60)
+    held = await pool.acquire()
+    second = asyncio.ensure_future(pool.acquire())
+    third = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.05)
+    await pool.release(held)  # handed to `second`...
+    second.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(third, 5) is held
+    await pool.release(held)
+    await pool.close()
+
+
+@pytest.mark.parametrize("value", [True, "nul\x00inside", b"bytes", object()])
+def test_statement_text_refuses_what_it_cannot_send_faithfully(value):
+    with pytest.raises((TypeError, ValueError)):
+        pgpool._text_value(value)
+
+
+def test_statement_text_uses_the_plain_number_form():
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    assert pgpool._text_value(Level.HIGH) == b"3"
+    assert pgpool._text_value(1e20) == b"1e+20" and pgpool._text_value(0.1) == b"0.1"
 
 
 @pytest.mark.postgres

@@ -58,7 +58,8 @@ def behavry_url(django_db_blocker):
     server.should_exit = True
     thread.join(10)
     # On PostgreSQL the proxy also keeps a connection in each database pool thread
-    # (proxy.handlers._db_call), which nothing here can reach to close: end them server-side.
+    # (behavry/dbthreads.py) and the audit append's pool on the server's loop (behavry/pgpool.py),
+    # which nothing here can reach to close: end them server-side.
     connection = connections["default"]
     if connection.vendor == "postgresql":
         with django_db_blocker.unblock(), connection.cursor() as cursor:

@@ -6,7 +6,7 @@ import time
 import uuid
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from mcp import Client
 
 from audit.models import AuditEvent
@@ -59,16 +59,34 @@ async def test_an_audit_write_failure_denies(behavry_url, demo_upstream, token, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_database_refusing_the_decision_event_denies_on_the_warm_path(behavry_url, demo_upstream, token, mode):
+async def test_a_database_refusing_the_decision_event_denies_on_the_warm_path(
+    behavry_url, demo_upstream, token, mode, monkeypatch
+):
     """Warm caches and a known chain head: the decision is made on the event loop and its event
     written on the loop's own connection (audit/aio.py). A real refusal there denies too."""
     path, result = await write_through_behavry(behavry_url, token, mode)  # warms every cache
     assert not result.is_error
     await run_in_thread(refuse_audit_inserts, True)
+    threads = []
+
+    async def on_db_thread(fn, *args, **kwargs):
+        threads.append(fn.__name__)
+        return await real_on_db_thread(fn, *args, **kwargs)
+
+    from audit import aio
+
+    real_on_db_thread = aio.on_db_thread
+    monkeypatch.setattr(aio, "on_db_thread", on_db_thread)
     try:
         path, result = await write_through_behavry(behavry_url, token, mode)
     finally:
+        monkeypatch.undo()
         await run_in_thread(refuse_audit_inserts, False)
+    if connection.vendor == "postgresql" and mode == "2026-07-28":
+        # Refused on the event loop's connection, not through the locking append. (A 2025 session
+        # records its opening first; that refusal drops the head hint, so the decision then goes
+        # to the locking append, which is refused too.)
+        assert threads == []
     assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
     assert not await upstream_has(demo_upstream, path)
     path, result = await write_through_behavry(behavry_url, token, mode)  # and it recovers

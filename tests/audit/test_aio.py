@@ -4,6 +4,7 @@ state is one statement on the loop's own connection (behavry/pgpool.py); whateve
 an intact chain, and a failure must raise, never pass silently."""
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -98,20 +99,13 @@ async def test_a_cancelled_append_leaves_the_chain_intact():
     agent = await in_thread(AgentFactory)
     await audit_record_async(**event(agent))
     await audit_record_async(**event(agent))
-    locked, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
-    holder.start()
-    try:
-        assert await asyncio.to_thread(locked.wait, 10)
+    async with head_locked_elsewhere(agent):
         task = asyncio.ensure_future(audit_record_async(**event(agent)))
         await asyncio.sleep(0.3)
         assert not task.done()  # waiting on the row lock
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join, 10)
     assert f"agent:{agent.pk}" not in services._head_hints
     assert pgpool.for_running_loop().size == 0  # its state unknown, the connection was dropped
     await audit_record_async(**event(agent))
@@ -129,16 +123,9 @@ async def test_an_append_stuck_on_a_locked_head_times_out_and_is_cancelled(setti
     agent = await in_thread(AgentFactory)
     await audit_record_async(**event(agent))
     await audit_record_async(**event(agent))
-    locked, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
-    holder.start()
-    try:
-        assert await asyncio.to_thread(locked.wait, 10)
+    async with head_locked_elsewhere(agent):
         with pytest.raises(AuditWriteError, match="TimeoutError"):
             await audit_record_async(**event(agent, tool="stuck"))
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join, 10)
     await audit_record_async(**event(agent))
     tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
     assert "stuck" not in tools and len(tools) == 3
@@ -260,6 +247,20 @@ def refuse_audit_inserts(on: bool) -> None:
         else:
             cursor.execute("DROP TRIGGER test_refuse ON audit_auditevent")
             cursor.execute("DROP FUNCTION test_refuse()")
+
+
+@contextlib.asynccontextmanager
+async def head_locked_elsewhere(agent):
+    """The agent's chain head row locked by another connection's open transaction."""
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        yield
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
 
 
 def _hold_head_lock(chain: str, locked: threading.Event, release: threading.Event) -> None:

@@ -85,9 +85,11 @@ async def _execute_on_loop(pool: pgpool.AsyncPgPool, chain: str, params: list[An
         # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
         # sending): forget the hint, so the next append takes the lock and learns the real head.
         forget_head_hint(chain)
-        if isinstance(exc, TimeoutError):
-            await _cancel_on_server(pooled)
-        await pool.release(pooled, broken=True)
+        try:
+            if isinstance(exc, TimeoutError):
+                await _cancel_on_server(pooled)
+        finally:  # even if the caller is cancelled meanwhile: its pool slot must come back
+            await pool.release(pooled, broken=True)
         if isinstance(exc, Exception):
             logger.error("audit write failed: %r", exc)
             raise AuditWriteError(f"audit write failed: {exc!r}") from exc

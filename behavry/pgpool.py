@@ -51,13 +51,11 @@ class PooledConnection:
 
     def _readable(self) -> None:
         if self._busy:
+            # Wake the statement's task (waiting for its answer, or for room to send the rest of a
+            # large statement); it reads the input itself. Reading here could close the socket
+            # (end of file) while the loop still watches its number.
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
-            elif self._waiter is None:
-                # Answer bytes while the statement is still being flushed: let libpq buffer them,
-                # or this level-triggered callback would run on every loop iteration until then.
-                with contextlib.suppress(psycopg.OperationalError):
-                    self.conn.pgconn.consume_input()
         elif _has_input(self._fd):
             # Idle, yet the server wrote: an error before closing, most likely. Stop watching
             # (the socket stays readable, so the callback would spin) and drop it on next use.
@@ -95,7 +93,8 @@ class PooledConnection:
         try:
             pgconn.send_query_params(sql, values)
             while pgconn.flush():  # an event too large for the socket buffer in one go
-                await _writable(self._loop, pgconn.socket)
+                await self._writable_or_readable()
+                pgconn.consume_input()  # the server may answer (or hang up) before all is sent
             first: tuple[bytes | None, ...] | None = None
             error = ""
             while True:
@@ -118,9 +117,21 @@ class PooledConnection:
         finally:
             self._busy = False
             self._waiter = None
+            if pgconn.status != pq.ConnStatus.OK:
+                # libpq has closed the socket: stop watching its number before anything can reuse it.
+                self._unwatch()
         if error or pgconn.status != pq.ConnStatus.OK:
             raise StatementError(error or pgconn.get_error_message().strip() or "connection lost")
         return first
+
+    async def _writable_or_readable(self) -> None:
+        self._waiter = self._loop.create_future()
+        self._loop.add_writer(self._fd, _set_once, self._waiter)
+        try:
+            await self._waiter
+        finally:
+            self._loop.remove_writer(self._fd)
+            self._waiter = None
 
     async def close(self) -> None:
         self._unwatch()
@@ -179,11 +190,14 @@ class AsyncPgPool:
 
     async def _connect(self) -> PooledConnection:
         self._connecting += 1
+        conn = None
         try:
             conn = await psycopg.AsyncConnection.connect(**self._params)
             if self._role:
                 await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self._role)))
         except BaseException:
+            if conn is not None:
+                conn.pgconn.finish()  # opened, but SET ROLE failed or was cancelled
             self._connecting -= 1
             self._hand_over(None)  # a failed connect frees its slot for a waiter
             raise
@@ -249,20 +263,12 @@ def _text_value(value: Any) -> bytes | None:
 
 
 def _has_input(fd: int) -> bool:
+    poller = select.poll()  # not select(): it refuses descriptors above 1023
+    poller.register(fd, select.POLLIN)
     try:
-        readable, _, _ = select.select([fd], [], [], 0)
-    except (OSError, ValueError):
-        return True  # a socket select() refuses is no use either
-    return bool(readable)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready = loop.create_future()
-    loop.add_writer(fd, _set_once, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
+        return bool(poller.poll(0))
+    except OSError:
+        return True  # a socket poll() refuses is no use either
 
 
 def _set_once(future: asyncio.Future) -> None:

@@ -133,6 +133,28 @@ async def test_an_append_stuck_on_a_locked_head_times_out_and_is_cancelled(setti
 
 
 @pytest.mark.postgres
+async def test_a_caller_cancelled_while_the_timed_out_statement_is_cancelled_frees_its_pool_slot(settings, monkeypatch):
+    settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    cancelling = asyncio.Event()
+
+    async def slow_cancel(pooled):
+        cancelling.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr("audit.aio._cancel_on_server", slow_cancel)
+    async with head_locked_elsewhere(agent):
+        task = asyncio.ensure_future(audit_record_async(**event(agent)))
+        await asyncio.wait_for(cancelling.wait(), 10)  # timed out, now cancelling on the server
+        task.cancel()  # the agent hangs up meanwhile
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert pgpool.for_running_loop().size == 0  # not leaked: dropped and its slot free
+
+
+@pytest.mark.postgres
 async def test_a_waiter_cancelled_as_it_is_handed_a_connection_passes_it_on():
     pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=1, max_age=60)
     held = await pool.acquire()

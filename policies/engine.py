@@ -366,9 +366,8 @@ class _EngineCache:
         self._checked_at = 0.0
 
     def get(self) -> PolicyEngine:
-        now = time.monotonic()
-        engine = self._engine
-        if engine is not None and now - self._checked_at < REFRESH_SECONDS:
+        engine = self.peek()
+        if engine is not None:
             return engine
         with self._lock:
             from policies.selectors import policy_engine_load, policy_version

@@ -940,7 +940,7 @@ async def handle_named_read(req: McpRequest) -> Reply:
     tool, arguments = _policy_target(req)
     request_id = uuid.uuid4().hex
     await _check_parked_state(req, tool, arguments, request_id)
-    # The same single hop as tools/call: decision timeout and audit-before-forward included.
+    # The same decision step as tools/call: decision timeout and audit-before-forward included.
     decided = await _decide(
         req,
         tool=tool,

@@ -98,11 +98,24 @@ async def test_a_database_refusing_the_decision_event_denies_on_the_warm_path(
 async def test_a_decision_function_error_denies_and_is_audited(
     behavry_url, demo_upstream, token, mode, monkeypatch, warm
 ):
-    """Cold caches: the decision runs on a database thread; warm: on the event loop."""
-    if warm:
-        await write_through_behavry(behavry_url, token, mode)
+    """Cold caches: the decision runs on a database thread; warm: on the event loop. Either way
+    an error in it is a recorded fail-closed deny. The real cache check decides which path runs."""
+    from proxy import decision as decision_module
+
+    if warm:  # caches that cannot expire between the warming call and the one under test
+        monkeypatch.setattr("policies.engine.REFRESH_SECONDS", 60)
+        monkeypatch.setattr("proxy.classify._CACHE_SECONDS", 60)
+        # Twice: the first call to a new upstream detects its era, which empties the caches.
+        for _ in range(2):
+            await write_through_behavry(behavry_url, token, mode)
+    real = decision_module.decide_tool_call
+    paths = []
 
     def broken(**kwargs):
+        if kwargs.get("cached_only") and real(**kwargs) is None:
+            paths.append("stale cache")
+            return None
+        paths.append("loop" if kwargs.get("cached_only") else "thread")
         raise RuntimeError("engine bug")
 
     monkeypatch.setattr("proxy.handlers.decide_tool_call", broken)
@@ -111,6 +124,7 @@ async def test_a_decision_function_error_denies_and_is_audited(
     assert not await upstream_has(demo_upstream, path)
     event = await run_in_thread(lambda: AuditEvent.objects.filter(tool="write_file", decision="deny").get())
     assert event.policy_id == "system.fail_closed"
+    assert paths == (["loop"] if warm else ["stale cache", "thread"])
 
 
 async def test_an_unavailable_database_denies(behavry_url, demo_upstream, token, monkeypatch):

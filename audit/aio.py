@@ -80,7 +80,7 @@ async def _execute_on_loop(pool: pgpool.AsyncPgPool, chain: str, params: list[An
         raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
         async with asyncio.timeout(timeout):
-            raw = await pooled.fetch_row(_dollar_sql(), params)
+            raw = await pooled.fetch_row(_dollar_sql(), params, name=_STATEMENT_NAME if pool.prepared else b"")
     except BaseException as exc:
         # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
         # sending): forget the hint, so the next append takes the lock and learns the real head.
@@ -106,6 +106,9 @@ async def _cancel_on_server(pooled: pgpool.PooledConnection) -> None:
     otherwise stay queued on the server (it notices a closed client only when it writes)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(pooled.conn.cancel_safe(), 2)
+
+
+_STATEMENT_NAME = b"behavry_audit_append"
 
 
 @functools.lru_cache(maxsize=1)

@@ -43,6 +43,10 @@ try:
         sqlite_default=VAR_DIR / "behavry.sqlite3",
         conn_max_age=env_int("BEHAVRY_DB_CONN_MAX_AGE", 60, minimum=0),
     )
+    # The proxy's audit appends as named prepared statements on its own connections
+    # (behavry/pgpool.py). Turn off behind a pooler in transaction mode that does not track
+    # prepared statements (PgBouncer before 1.21, or max_prepared_statements = 0).
+    BEHAVRY_DB_PREPARED_STATEMENTS = env_bool("BEHAVRY_DB_PREPARED_STATEMENTS", True)
     REDIS_URL = check_redis_url("REDIS_URL", env_str("REDIS_URL", ""))
     BEHAVRY_MCP_MAX_BODY_BYTES = env_int("BEHAVRY_MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
     BEHAVRY_MCP_ALLOWED_ORIGINS = env_list("BEHAVRY_MCP_ALLOWED_ORIGINS", [])

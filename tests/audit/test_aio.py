@@ -220,6 +220,48 @@ async def test_fetch_row_reports_server_errors_and_refuses_unknown_values():
 
 
 @pytest.mark.postgres
+async def test_the_append_is_prepared_once_per_connection_and_planned_generically():
+    agent = await in_thread(AgentFactory)
+    for _ in range(4):  # the first on a thread; then three on the loop, one connection
+        await audit_record_async(**event(agent))
+    pool = pgpool.for_running_loop()
+    (pooled,) = pool._idle
+    assert pooled._prepared == {b"behavry_audit_append"}
+    sql = b"SELECT count(*), max(generic_plans), max(custom_plans) FROM pg_prepared_statements WHERE name = $1"
+    # executed three times, never planned per call
+    assert await pooled.fetch_row(sql, ["behavry_audit_append"]) == (b"1", b"3", b"0")
+    await in_thread(assert_chain_intact, agent, 4)
+
+
+@pytest.mark.postgres
+async def test_prepared_statements_can_be_turned_off_for_a_transaction_pooler(settings):
+    settings.BEHAVRY_DB_PREPARED_STATEMENTS = False
+    agent = await in_thread(AgentFactory)
+    for _ in range(3):
+        await audit_record_async(**event(agent))
+    pool = pgpool.for_running_loop()
+    (pooled,) = pool._idle
+    assert not pool.prepared and not pooled._prepared
+    assert await pooled.fetch_row(b"SELECT count(*) FROM pg_prepared_statements", []) == (b"0",)
+    assert await pooled.fetch_row(b"SELECT current_setting('plan_cache_mode')", []) == (b"auto",)
+    await in_thread(assert_chain_intact, agent, 3)
+
+
+@pytest.mark.postgres
+async def test_a_statement_that_cannot_be_prepared_fails_and_is_not_marked_prepared():
+    pool = pgpool.for_running_loop()
+    pooled = await pool.acquire()
+    with pytest.raises(pgpool.StatementError, match="no_such_table"):
+        await pooled.fetch_row(b"SELECT * FROM no_such_table WHERE id = $1", [1], name=b"bad")
+    assert pooled._prepared == set()
+    on_wire = asyncio.get_running_loop().create_future()
+    assert await pooled.fetch_row(b"SELECT $1::int * 2", [21], name=b"double", on_wire=on_wire) == (b"42",)
+    assert on_wire.done() and pooled._prepared == {b"double"}
+    assert await pooled.fetch_row(b"ignored once prepared", [4], name=b"double") == (b"8",)
+    await pool.release(pooled)
+
+
+@pytest.mark.postgres
 async def test_the_pool_waits_at_its_limit_instead_of_opening_more():
     pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=2, max_age=60)
     first, second = await pool.acquire(), await pool.acquire()

@@ -37,13 +37,25 @@ from behavry.dbthreads import on_db_thread
 logger = logging.getLogger("behavry.audit")
 
 
-async def audit_record_async(**event: Any) -> int:
+async def audit_record_async(*, on_wire: asyncio.Future | None = None, **event: Any) -> int:
     """Append one event durably and return its id; what `audit_record(durable=True, **event)`
     does, awaited from the event loop. Raises AuditWriteError when the event is not recorded.
 
     A cancelled caller may leave the event written or not; the head hint is dropped then, so the
     next append here re-reads the head under the lock.
+
+    `on_wire`, if given, is resolved as soon as the event will commit without this process: its one
+    statement has been handed to the socket. On the other paths (a database thread, SQLite) that
+    is when the append has finished, failed or not.
     """
+    try:
+        return await _append(on_wire, event)
+    finally:
+        if on_wire is not None and not on_wire.done():
+            on_wire.set_result(None)
+
+
+async def _append(on_wire: asyncio.Future | None, event: dict[str, Any]) -> int:
     if not dbthreads.PARALLEL_DB:  # SQLite: audit_record itself, on Channels' database thread
         return (await on_db_thread(functools.partial(audit_record, durable=True, **event))).pk
     fields, texts = audit_event_fields(**event)
@@ -59,13 +71,15 @@ async def audit_record_async(**event: Any) -> int:
         hint = services.usable_head_hint(chain)
         if hint is not None:
             statement = one_statement_append(chain, hint, fields, texts)
-            row = await _execute_on_loop(pool, chain, statement.params)
+            row = await _execute_on_loop(pool, chain, statement.params, on_wire)
             if statement.applied(row) and row is not None:
                 return row[0]
         return (await on_db_thread(_locking_append, fields, texts)).pk
 
 
-async def _execute_on_loop(pool: pgpool.AsyncPgPool, chain: str, params: list[Any]) -> tuple | None:
+async def _execute_on_loop(
+    pool: pgpool.AsyncPgPool, chain: str, params: list[Any], on_wire: asyncio.Future | None
+) -> tuple | None:
     """The one statement, bounded by BEHAVRY_DECISION_TIMEOUT_SECONDS (waiting for a connection
     included): a chain head locked elsewhere (audit_truncate, a stuck transaction) or a database
     that stopped answering fails the append, so the call is denied, instead of holding it and a
@@ -80,7 +94,8 @@ async def _execute_on_loop(pool: pgpool.AsyncPgPool, chain: str, params: list[An
         raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
         async with asyncio.timeout(timeout):
-            raw = await pooled.fetch_row(_dollar_sql(), params, name=_STATEMENT_NAME if pool.prepared else b"")
+            name = _STATEMENT_NAME if pool.prepared else b""
+            raw = await pooled.fetch_row(_dollar_sql(), params, name=name, on_wire=on_wire)
     except BaseException as exc:
         # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
         # sending): forget the hint, so the next append takes the lock and learns the real head.

@@ -300,6 +300,8 @@ class McpEndpoint:
                 return
             if reply.stream is None:
                 await _send_json(send, reply.status, reply.body, reply.headers)
+                if reply.after is not None:
+                    await asyncio.shield(reply.after)  # the outcome's commit; nothing may cancel it
                 return
             await self._stream(send, req, reply, halt, cancelled)
         finally:

@@ -347,6 +347,8 @@ async def _forward_approved(req: McpRequest, escalation: Escalation, tool: str, 
     )
     if reply.stream is None:
         yield reply.body
+        if reply.after is not None:
+            await asyncio.shield(reply.after)  # shielded: a hang-up now must not cancel the write
         return
     async for message in reply.stream:
         yield message

@@ -262,6 +262,47 @@ async def test_a_statement_that_cannot_be_prepared_fails_and_is_not_marked_prepa
 
 
 @pytest.mark.postgres
+async def test_an_event_on_the_wire_commits_even_if_this_process_dies_before_the_answer():
+    """What the proxy relies on to answer before an outcome's commit (handlers.answer_after_outcome):
+    once on_wire is resolved, PostgreSQL has the statement and runs it without this process."""
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))  # the chain's first event: now its head is known here
+    await in_thread(_slow_inserts, "slow", True)
+    try:
+        on_wire = asyncio.get_running_loop().create_future()
+        append = asyncio.ensure_future(audit_record_async(on_wire=on_wire, **event(agent, tool="slow")))
+        await asyncio.wait_for(on_wire, 5)
+        assert not append.done()  # the server is still in the trigger's sleep
+        pool = pgpool.for_running_loop()
+        (in_use,) = pool._opened - set(pool._idle)
+        in_use.close_now()  # this process's end of the connection goes, as when the process dies
+        with pytest.raises(AuditWriteError):
+            await append
+        for _ in range(100):
+            if await in_thread(lambda: AuditEvent.objects.filter(agent_id=agent.pk, tool="slow").exists()):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await in_thread(_slow_inserts, "slow", False)
+    await in_thread(assert_chain_intact, agent, 2)
+
+
+def _slow_inserts(tool: str, on: bool) -> None:
+    with connection.cursor() as cursor:
+        if on:
+            cursor.execute(
+                "CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS"
+                f" $$BEGIN IF NEW.tool = '{tool}' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END$$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_slow BEFORE INSERT ON audit_auditevent FOR EACH ROW EXECUTE FUNCTION test_slow()"
+            )
+        else:
+            cursor.execute("DROP TRIGGER test_slow ON audit_auditevent")
+            cursor.execute("DROP FUNCTION test_slow()")
+
+
+@pytest.mark.postgres
 async def test_the_pool_waits_at_its_limit_instead_of_opening_more():
     pool = pgpool.AsyncPgPool(pgpool.connection_params(), max_size=2, max_age=60)
     first, second = await pool.acquire(), await pool.acquire()

@@ -155,10 +155,22 @@ MODES = ["legacy", "2026-07-28"]
 
 
 async def run_in_thread(fn, *args, **kwargs):
-    """Run ORM code from an async test without tripping Django's async-safety check."""
+    """Run ORM code from an async test without tripping Django's async-safety check.
+
+    It first waits for the in-process server's outcome writes still committing after their answer
+    went out (proxy.handlers.answer_after_outcome), so a read after a call sees its outcome."""
     from asgiref.sync import sync_to_async
 
+    await outcomes_committed()
     return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+
+
+async def outcomes_committed(timeout: float = 10.0) -> None:
+    from proxy.handlers import outcomes_in_flight
+
+    deadline = time.monotonic() + timeout
+    while outcomes_in_flight and time.monotonic() < deadline:  # the server's loop is another thread's
+        await asyncio.sleep(0.001)
 
 
 __all__ = ["MODES", "asyncio", "mcp_client", "run_in_thread"]

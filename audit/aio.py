@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -57,7 +58,7 @@ async def audit_record_async(*, on_wire: asyncio.Future | None = None, **event: 
 
 async def _append(on_wire: asyncio.Future | None, event: dict[str, Any]) -> int:
     if not dbthreads.PARALLEL_DB:  # SQLite: audit_record itself, on Channels' database thread
-        return (await on_db_thread(functools.partial(audit_record, durable=True, **event))).pk
+        return (await _on_thread_bounded("", functools.partial(audit_record, durable=True, **event))).pk
     fields, texts = audit_event_fields(**event)
     chain = fields["chain"]
     pool = pgpool.for_running_loop()
@@ -74,7 +75,25 @@ async def _append(on_wire: asyncio.Future | None, event: dict[str, Any]) -> int:
             row = await _execute_on_loop(pool, chain, statement.params, on_wire)
             if statement.applied(row) and row is not None:
                 return row[0]
-        return (await on_db_thread(_locking_append, fields, texts)).pk
+        timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS  # also the row lock's wait, on the server
+        return (await _on_thread_bounded(chain, _locking_append, fields, texts, timeout)).pk
+
+
+async def _on_thread_bounded(chain: str, fn: Callable[..., AuditEvent], *args: Any) -> AuditEvent:
+    """An append on a database thread, bounded like the one statement by
+    BEHAVRY_DECISION_TIMEOUT_SECONDS, the wait for a free thread included: on SQLite every database
+    step shares one thread, so a stuck one would hold every append behind it. A thread cannot be
+    stopped; if it commits after the timeout, the trail holds a decision that was then denied as
+    fail-closed, never the reverse."""
+    timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS
+    try:
+        async with asyncio.timeout(timeout):
+            return await on_db_thread(fn, *args)
+    except TimeoutError as exc:
+        if chain:
+            forget_head_hint(chain)
+        logger.error("audit write failed: no answer in %s s", timeout)
+        raise AuditWriteError(f"audit write failed: {exc!r}") from exc
 
 
 async def _execute_on_loop(
@@ -133,9 +152,9 @@ def _dollar_sql() -> bytes:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)).encode() + parts[-1].encode()
 
 
-def _locking_append(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
+def _locking_append(fields: dict[str, Any], texts: dict[str, str], lock_timeout: float) -> AuditEvent:
     try:
-        return locking_append(fields, texts)
+        return locking_append(fields, texts, lock_timeout=lock_timeout)
     except DatabaseError as exc:
         logger.error("audit write failed: %s", exc)
         raise AuditWriteError(f"audit write failed: {exc}") from exc

@@ -360,10 +360,21 @@ def one_statement_append(
     return OneStatementAppend(chain, seq, timestamp, digest, params)
 
 
-def locking_append(fields: dict[str, Any], texts: dict[str, str]) -> AuditEvent:
+def locking_append(fields: dict[str, Any], texts: dict[str, str], *, lock_timeout: float | None = None) -> AuditEvent:
     """The always-correct durable append (BEGIN, row lock, insert, COMMIT); its result becomes this
-    process's hint for the chain."""
+    process's hint for the chain.
+
+    `lock_timeout` (seconds, PostgreSQL) bounds the wait for the chain head's row lock: the
+    proxy's appends give up (and the call is denied) instead of holding a database thread for as
+    long as someone else holds the head (audit_truncate, a stuck transaction). It costs a round
+    trip, so only the proxy's call path passes it.
+    """
     with transaction.atomic(durable=True):
+        if lock_timeout is not None and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{max(1, round(lock_timeout * 1000))}ms"]
+                )
         event = _append(fields, texts)
     _remember_head(fields["chain"], event.seq, event.event_hash)
     return event

@@ -511,8 +511,13 @@ async def _decide(
     decided = _decision_for(req, cached_only=True, **how)
     if decided is None:
         try:
-            decided = await on_db_thread(_decision_for, req, **how)
-        except Exception as exc:  # the hop itself failed
+            # Bounded here too, not only checked when it returns: a decision stuck on the database
+            # (a lock, a server that stopped answering) is denied on time. The thread itself runs
+            # on until the database answers; its late result is dropped.
+            left = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS - (time.perf_counter() - started)
+            async with asyncio.timeout(max(left, 0)):
+                decided = await on_db_thread(_decision_for, req, **how)
+        except Exception as exc:  # the hop itself failed, or timed out
             logger.exception("decision failed; denying")
             stats["fail_closed"] += 1
             decided = _Decided(fail_closed(f"decision error: {type(exc).__name__}"), action or "", resource or "")

@@ -133,6 +133,25 @@ async def test_an_append_stuck_on_a_locked_head_times_out_and_is_cancelled(setti
 
 
 @pytest.mark.postgres
+async def test_the_locking_append_on_a_thread_is_bounded_too(settings):
+    """A chain whose head this process does not know takes the locking append on a database
+    thread. With the head locked elsewhere it gives up after BEHAVRY_DECISION_TIMEOUT_SECONDS
+    (lock_timeout on the server, a timeout on the hop here) instead of holding the call and the
+    thread for as long as the lock lasts."""
+    settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    services.forget_head_hint(f"agent:{agent.pk}")  # as in a process that never wrote this chain
+    async with head_locked_elsewhere(agent, hold=30):
+        with pytest.raises(AuditWriteError):
+            await audit_record_async(**event(agent, tool="stuck"))
+    await audit_record_async(**event(agent))
+    tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
+    assert "stuck" not in tools and len(tools) == 2
+    await in_thread(assert_chain_intact, agent, 2)
+
+
+@pytest.mark.postgres
 async def test_a_caller_cancelled_while_the_timed_out_statement_is_cancelled_frees_its_pool_slot(settings, monkeypatch):
     settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
     agent = await in_thread(AgentFactory)
@@ -355,27 +374,28 @@ def refuse_audit_inserts(on: bool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def head_locked_elsewhere(agent):
-    """The agent's chain head row locked by another connection's open transaction."""
+async def head_locked_elsewhere(agent, hold: float = 10):
+    """The agent's chain head row locked by another connection's open transaction, until the block
+    ends or `hold` seconds pass."""
     locked, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release))
+    holder = threading.Thread(target=_hold_head_lock, args=(f"agent:{agent.pk}", locked, release, hold))
     holder.start()
     try:
         assert await asyncio.to_thread(locked.wait, 10)
         yield
     finally:
         release.set()
-        await asyncio.to_thread(holder.join, 10)
+        await asyncio.to_thread(holder.join, hold)
 
 
-def _hold_head_lock(chain: str, locked: threading.Event, release: threading.Event) -> None:
+def _hold_head_lock(chain: str, locked: threading.Event, release: threading.Event, hold: float) -> None:
     conn = connections.create_connection("default")
     try:
         conn.set_autocommit(False)
         with conn.cursor() as cursor:
             cursor.execute("SELECT seq FROM audit_auditchainhead WHERE chain = %s FOR UPDATE", [chain])
             locked.set()
-            release.wait(10)
+            release.wait(hold)
         conn.rollback()
     finally:
         conn.close()

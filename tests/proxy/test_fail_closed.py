@@ -2,6 +2,8 @@
 nothing reaches the upstream. Each case is checked on the upstream's side: the file the call would
 have written does not exist there."""
 
+import asyncio
+import threading
 import time
 import uuid
 
@@ -148,6 +150,30 @@ async def test_a_slow_database_denies_after_the_decision_timeout(
 
     monkeypatch.setattr("policies.selectors.policy_version", slow)
     path, result = await write_through_behavry(behavry_url, token, "2026-07-28")
+    assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
+    assert not await upstream_has(demo_upstream, path)
+
+
+async def test_a_decision_stuck_on_the_database_is_denied_without_waiting_for_it(
+    behavry_url, demo_upstream, token, monkeypatch, settings
+):
+    """Not only checked once the database answers: the call is denied while the decision's
+    database work is still blocked (a lock, a server that stopped answering)."""
+    settings.BEHAVRY_DECISION_TIMEOUT_SECONDS = 1
+    blocked, release = threading.Event(), threading.Event()
+
+    def stuck():
+        blocked.set()
+        release.wait(60)
+        return 0
+
+    monkeypatch.setattr("policies.selectors.policy_version", stuck)
+    try:
+        path, result = await asyncio.wait_for(write_through_behavry(behavry_url, token, "2026-07-28"), 30)
+        assert blocked.is_set() and not release.is_set()  # answered while the database work hung
+    finally:
+        release.set()
+    # (on SQLite the decision event then waits behind the stuck thread too, and times out as well)
     assert result.structured_content["behavry"]["policy_id"] == "system.fail_closed"
     assert not await upstream_has(demo_upstream, path)
 

@@ -6,6 +6,7 @@ without touching the disk. Tools cover the cases the proxy must handle:
 - read-only: `read_file`, `list_files`, `echo`
 - writing: `write_file`; destructive: `delete_file`; outbound: `send_email`
 - slow with progress: `slow_task` (and `task_status`, how a tagged run ended); failing: `fail`
+- completion of `summarize`'s path; the value `slow:<tag>` answers after 3 s, tracked like `slow_task`
 - asking the user (elicitation): `ask_user` and the prompt `release_notes` (both eras: MRTR on
   2026-07-28, a mid-call request on 2025 sessions)
 
@@ -35,6 +36,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
+    Completion,
     ElicitRequest,
     ElicitRequestFormParams,
     ElicitResult,
@@ -216,6 +218,16 @@ def build_server() -> MCPServer:
         content = answer.content if isinstance(answer, ElicitResult) else None
         tone = content.get("tone", "neutral") if isinstance(content, dict) else "neutral"
         return f"Write {tone} release notes for version {version}."
+
+    @server.completion()
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+        """Complete `summarize`'s path from the workspace. A value `slow:<tag>` waits 3 s first,
+        tracked like `slow_task`: what a client's cancel of a request that names no tool reached."""
+        value = str(getattr(argument, "value", "") or "")
+        if value.startswith("slow:"):
+            with tracked(value.removeprefix("slow:")):
+                await anyio.sleep(3)
+        return Completion(values=sorted(p for p in files if p.startswith(value))[:100])
 
     server._behavry_state = {"files": files, "outbox": outbox}  # type: ignore[attr-defined]
     return server

@@ -953,9 +953,15 @@ async def handle_tools_list(req: McpRequest) -> Reply:
 
 
 async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
+    """Lists, completion and the other requests that name nothing for policy: sent up, answered."""
     try:
         reply = await upstream_send(req, req.message)
         return await first_response(reply, req.message["id"])
+    except asyncio.CancelledError:
+        # The agent cancelled: closing the upstream exchange (first_response does) is a 2026
+        # upstream's cancel; a 2025 one on a bridge session must be told, as for tools/call.
+        await asyncio.shield(cancel_bridged(req, "the agent cancelled before the upstream answered"))
+        raise
     except UpstreamError as exc:
         raise rpc.RpcError(
             rpc.UPSTREAM_FAILED, f"Upstream {req.target.slug} failed: {exc}", status=200, id=req.message["id"]

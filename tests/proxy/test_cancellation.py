@@ -12,7 +12,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from audit.models import AuditEvent
-from tests.proxy.conftest import MODES, run_in_thread, upstream_task_status
+from tests.proxy.conftest import MODES, mcp_client, run_in_thread, upstream_task_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_server", "starter_policies")]
 
@@ -187,3 +187,39 @@ async def test_a_2025_cancel_ends_the_http_exchange_cleanly_without_an_answer(be
     assert answers == []
     outcome = await wait_for_outcome("slow_task")
     assert outcome["details"]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("server", ["legacy", "legacy-json"])
+async def test_a_modern_hang_up_cancels_a_request_that_names_no_tool_on_a_legacy_upstream(
+    behavry_url, legacy_server, legacy_upstream, legacy_json_server, legacy_json_upstream, token, server
+):
+    """Lists and completion pass through without a decision, but a 2026 agent's hang-up is still its
+    cancel: the 2025 upstream gets notifications/cancelled as for tools/call."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "completion/complete",
+        "params": {
+            "ref": {"type": "ref/prompt", "name": "summarize"},
+            "argument": {"name": "path", "value": f"slow:{server}-complete"},
+            "_meta": MODERN_META,
+        },
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "completion/complete",
+    }
+    async with httpx2.AsyncClient(timeout=1.0) as http:
+        with pytest.raises(httpx2.ReadTimeout):
+            await http.post(f"{behavry_url}/mcp/{server}", json=body, headers=headers)
+    upstream = legacy_upstream if server == "legacy" else legacy_json_upstream
+    assert await upstream_task_status(upstream, f"{server}-complete") == "cancelled"
+
+
+async def test_a_completion_that_is_not_cancelled_answers(behavry_url, token):
+    """The control case for the test above: the same request, waited for, answers."""
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, "2026-07-28") as client:
+        result = await client.complete({"type": "ref/prompt", "name": "summarize"}, {"name": "path", "value": "/docs/"})
+    assert "/docs/readme.md" in result.completion.values

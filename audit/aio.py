@@ -38,27 +38,34 @@ from behavry.dbthreads import on_db_thread
 logger = logging.getLogger("behavry.audit")
 
 
-async def audit_record_async(*, on_wire: asyncio.Future | None = None, **event: Any) -> int:
+async def audit_record_async(
+    *, on_wire: asyncio.Future | None = None, timeout: float | None = None, **event: Any
+) -> int:
     """Append one event durably and return its id; what `audit_record(durable=True, **event)`
     does, awaited from the event loop. Raises AuditWriteError when the event is not recorded.
+
+    `timeout` (seconds; BEHAVRY_DECISION_TIMEOUT_SECONDS by default) bounds the append, the wait
+    for a connection or a database thread included: past it the event is not recorded and this
+    raises. A decision must be denied on time; an outcome may pass a longer one.
 
     A cancelled caller may leave the event written or not; the head hint is dropped then, so the
     next append here re-reads the head under the lock.
 
     `on_wire`, if given, is resolved as soon as the event will commit without this process: its one
     statement has been handed to the socket. On the other paths (a database thread, SQLite) that
-    is when the append has finished, failed or not.
+    is when the append has finished, failed or not. If that statement then finds the chain moved
+    (another process appended), the locking append that follows runs after on_wire.
     """
     try:
-        return await _append(on_wire, event)
+        return await _append(on_wire, settings.BEHAVRY_DECISION_TIMEOUT_SECONDS if timeout is None else timeout, event)
     finally:
         if on_wire is not None and not on_wire.done():
             on_wire.set_result(None)
 
 
-async def _append(on_wire: asyncio.Future | None, event: dict[str, Any]) -> int:
+async def _append(on_wire: asyncio.Future | None, timeout: float, event: dict[str, Any]) -> int:
     if not dbthreads.PARALLEL_DB:  # SQLite: audit_record itself, on Channels' database thread
-        return (await _on_thread_bounded("", functools.partial(audit_record, durable=True, **event))).pk
+        return (await _on_thread_bounded("", timeout, functools.partial(audit_record, durable=True, **event))).pk
     fields, texts = audit_event_fields(**event)
     chain = fields["chain"]
     pool = pgpool.for_running_loop()
@@ -72,39 +79,39 @@ async def _append(on_wire: asyncio.Future | None, event: dict[str, Any]) -> int:
         hint = services.usable_head_hint(chain)
         if hint is not None:
             statement = one_statement_append(chain, hint, fields, texts)
-            row = await _execute_on_loop(pool, chain, statement.params, on_wire)
+            row = await _execute_on_loop(pool, chain, statement.params, on_wire, timeout)
             if statement.applied(row) and row is not None:
                 return row[0]
-        timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS  # also the row lock's wait, on the server
-        return (await _on_thread_bounded(chain, _locking_append, fields, texts, timeout)).pk
+        # The server gives up waiting for the head's row lock after `timeout` and nothing commits;
+        # the hop's own limit, a second later, is the backstop for a database that stopped
+        # answering (an append the thread still finishes after it is in the trail, its call denied).
+        limit = timeout + 1
+        return (await _on_thread_bounded(chain, limit, _locking_append, fields, texts, timeout)).pk
 
 
-async def _on_thread_bounded(chain: str, fn: Callable[..., AuditEvent], *args: Any) -> AuditEvent:
-    """An append on a database thread, bounded like the one statement by
-    BEHAVRY_DECISION_TIMEOUT_SECONDS, the wait for a free thread included: on SQLite every database
-    step shares one thread, so a stuck one would hold every append behind it. A thread cannot be
-    stopped; if it commits after the timeout, the trail holds a decision that was then denied as
-    fail-closed, never the reverse."""
-    timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS
+async def _on_thread_bounded(chain: str, limit: float, fn: Callable[..., AuditEvent], *args: Any) -> AuditEvent:
+    """An append on a database thread, bounded, the wait for a free thread included: on SQLite
+    every database step shares one thread, so a stuck one would hold every append behind it. A
+    thread cannot be stopped; if it commits after the limit, the trail holds a decision that was
+    then denied as fail-closed, never the reverse."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             return await on_db_thread(fn, *args)
     except TimeoutError as exc:
         if chain:
             forget_head_hint(chain)
-        logger.error("audit write failed: no answer in %s s", timeout)
+        logger.error("audit write failed: no answer in %s s", limit)
         raise AuditWriteError(f"audit write failed: {exc!r}") from exc
 
 
 async def _execute_on_loop(
-    pool: pgpool.AsyncPgPool, chain: str, params: list[Any], on_wire: asyncio.Future | None
+    pool: pgpool.AsyncPgPool, chain: str, params: list[Any], on_wire: asyncio.Future | None, timeout: float
 ) -> tuple | None:
-    """The one statement, bounded by BEHAVRY_DECISION_TIMEOUT_SECONDS (waiting for a connection
-    included): a chain head locked elsewhere (audit_truncate, a stuck transaction) or a database
-    that stopped answering fails the append, so the call is denied, instead of holding it and a
-    pooled connection indefinitely. The statement is cancelled on the server; if it committed
-    first, the trail holds a decision that was then denied as fail-closed, never the reverse."""
-    timeout = settings.BEHAVRY_DECISION_TIMEOUT_SECONDS
+    """The one statement, bounded by `timeout` (waiting for a connection included): a chain head
+    locked elsewhere (audit_truncate, a stuck transaction) or a database that stopped answering
+    fails the append, so the call is denied, instead of holding it and a pooled connection
+    indefinitely. The statement is cancelled on the server; if it committed first, the trail
+    holds a decision that was then denied as fail-closed, never the reverse."""
     try:
         async with asyncio.timeout(timeout):
             pooled = await pool.acquire()
@@ -113,8 +120,7 @@ async def _execute_on_loop(
         raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
         async with asyncio.timeout(timeout):
-            name = _STATEMENT_NAME if pool.prepared else b""
-            raw = await pooled.fetch_row(_dollar_sql(), params, name=name, on_wire=on_wire)
+            raw = await _fetch(pool, pooled, params, on_wire)
     except BaseException as exc:
         # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
         # sending): forget the hint, so the next append takes the lock and learns the real head.
@@ -133,6 +139,33 @@ async def _execute_on_loop(
         return None
     event_id, seq, last_hash = raw
     return (None if event_id is None else int(event_id), int(seq or 0), (last_hash or b"").decode())
+
+
+# invalid_sql_statement_name, duplicate_prepared_statement: a pooler in transaction mode moved
+# this client to another backend between the PREPARE and an EXECUTE.
+_PREPARED_STATEMENT_GONE = frozenset({"26000", "42P05"})
+
+
+async def _fetch(
+    pool: pgpool.AsyncPgPool, pooled: pgpool.PooledConnection, params: list[Any], on_wire: asyncio.Future | None
+) -> tuple[bytes | None, ...] | None:
+    if not pool.prepared:
+        return await pooled.fetch_row(_dollar_sql(), params, on_wire=on_wire)
+    try:
+        return await pooled.fetch_row(_dollar_sql(), params, name=_STATEMENT_NAME, on_wire=on_wire)
+    except pgpool.StatementError as exc:
+        if exc.sqlstate not in _PREPARED_STATEMENT_GONE:
+            raise
+    # Behind a pooler that does not keep prepared statements per client: this loop's pool stops
+    # naming them, and this append, which the server refused before running it, goes once more
+    # unnamed on the same connection (the refusal left it idle). Only this once per process is an
+    # answer's on_wire resolved before the statement that commits is sent.
+    pool.prepared = False
+    logger.warning(
+        "PostgreSQL lost a prepared statement (a pooler in transaction mode?): audit appends go"
+        " unprepared from now on; set BEHAVRY_DB_PREPARED_STATEMENTS=false to start that way"
+    )
+    return await pooled.fetch_row(_dollar_sql(), params, on_wire=on_wire)
 
 
 async def _cancel_on_server(pooled: pgpool.PooledConnection) -> None:

@@ -35,6 +35,10 @@ from behavry.dbthreads import DB_THREADS
 class StatementError(RuntimeError):
     """PostgreSQL refused the statement (the message is the server's), or the connection failed."""
 
+    def __init__(self, message: str, sqlstate: str = ""):
+        super().__init__(message)
+        self.sqlstate = sqlstate  # the server's error code; empty when the connection failed
+
 
 class PooledConnection:
     """One autocommit connection, with its socket watched by the loop for its whole life: one
@@ -93,9 +97,13 @@ class PooledConnection:
         float, aware datetime and None only.
 
         With a `name`, the statement is prepared once on this connection under that name and then
-        only executed: PostgreSQL then skips parsing and planning, about 0.2-0.4 ms per audit
-        append on this machine (bench/README.md). `on_wire`, if given, is resolved once the whole
-        statement has been handed to the socket (or the call ends before that).
+        only executed: PostgreSQL then skips parsing, and after five runs planning (its default
+        plan_cache_mode picks the generic plan, the same index lookups for any values): about
+        0.2-0.4 ms less per audit append on this machine (bench/README.md). A name stands for one
+        SQL text for the connection's life; the text is not sent again. A connection whose
+        exchange failed part-way must be dropped (the pool's callers do), as what the server holds
+        is then unknown. `on_wire`, if given, is resolved once the whole statement has been handed
+        to the socket (or the call ends before that).
         """
         values = [_text_value(value) for value in params]
         pgconn = self.conn.pgconn
@@ -124,7 +132,7 @@ class PooledConnection:
             if on_wire is not None:
                 _set_once(on_wire)
             first: tuple[bytes | None, ...] | None = None
-            error = ""
+            error = sqlstate = ""
             while True:
                 # get_result() blocks the whole loop while libpq lacks the rest of a message: wait
                 # for is_busy() to clear before each call, as psycopg does.
@@ -142,6 +150,7 @@ class PooledConnection:
                         first = tuple(result.get_value(0, col) for col in range(result.nfields))
                 elif result.status != pq.ExecStatus.COMMAND_OK:
                     error = (result.error_message or b"").decode("utf-8", "replace").strip() or str(result.status)
+                    sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
         finally:
             self._busy = False
             self._waiter = None
@@ -149,7 +158,7 @@ class PooledConnection:
                 # libpq has closed the socket: stop watching its number before anything can reuse it.
                 self._unwatch()
         if error or pgconn.status != pq.ConnStatus.OK:
-            raise StatementError(error or pgconn.get_error_message().strip() or "connection lost")
+            raise StatementError(error or pgconn.get_error_message().strip() or "connection lost", sqlstate)
         return first
 
     async def _writable_or_readable(self) -> None:
@@ -176,7 +185,8 @@ class AsyncPgPool:
         self._params = params
         self._role = role  # Django's OPTIONS["assume_role"], which its connection parameters leave out
         # Named prepared statements (BEHAVRY_DB_PREPARED_STATEMENTS): off behind a pooler that
-        # hands each transaction to any backend, which would not know the statement.
+        # hands each transaction to any backend, which would not know the statement. audit/aio.py
+        # also turns them off when the server says a statement it prepared is gone.
         self.prepared = prepared
         # chain -> asyncio.Lock, for audit/aio.py: locks belong to this pool's loop and go with it.
         self.chain_locks: dict[str, asyncio.Lock] = {}
@@ -226,14 +236,9 @@ class AsyncPgPool:
             conn = await psycopg.AsyncConnection.connect(**self._params)
             if self._role:
                 await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self._role)))
-            if self.prepared:
-                # These connections only run the few statements of the call path, each with the
-                # same plan for any values (index lookups by chain): planning them once per
-                # connection is the point. Under the default, the first five runs plan anyway.
-                await conn.execute("SET plan_cache_mode = force_generic_plan")
         except BaseException:
             if conn is not None:
-                conn.pgconn.finish()  # opened, but a SET failed or was cancelled
+                conn.pgconn.finish()  # opened, but SET ROLE failed or was cancelled
             self._connecting -= 1
             self._hand_over(None)  # a failed connect frees its slot for a waiter
             raise
@@ -338,8 +343,8 @@ def connection_params() -> dict[str, Any]:
     """Django's parameters for the default database, as an autocommit AsyncConnection takes them.
 
     Django's own cursor class and adapter context are sync-only and only shape what the ORM reads
-    back; the statements run here read ids and hashes. Prepared statements stay off as in
-    Django's settings (a pooler in transaction mode would send the EXECUTE to another backend).
+    back; the statements run here read ids and hashes. psycopg's own automatic preparing stays off
+    as in Django's settings; fetch_row prepares by name only when asked (AsyncPgPool.prepared).
     """
     params = connections["default"].get_connection_params()
     for sync_only in ("cursor_factory", "context"):

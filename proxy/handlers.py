@@ -307,9 +307,11 @@ def _event(req: McpRequest, **fields: Any) -> dict[str, Any]:
     }
 
 
-async def record(req: McpRequest, *, on_wire: asyncio.Future | None = None, **fields: Any) -> None:
+async def record(
+    req: McpRequest, *, on_wire: asyncio.Future | None = None, timeout: float | None = None, **fields: Any
+) -> None:
     """From the event loop: on PostgreSQL mostly without a database thread (audit/aio.py)."""
-    await audit_record_async(on_wire=on_wire, **_event(req, **fields))
+    await audit_record_async(on_wire=on_wire, timeout=timeout, **_event(req, **fields))
 
 
 async def record_best_effort(req: McpRequest, **fields: Any) -> None:
@@ -327,11 +329,18 @@ async def record_outcome(req: McpRequest, *, on_wire: asyncio.Future | None = No
     happened upstream, so the result still goes back (hiding it would invite a retry that runs the
     tool twice); the failure is logged and counted instead."""
     try:
-        await asyncio.shield(record(req, kind="outcome", on_wire=on_wire, **fields))
+        await asyncio.shield(
+            record(req, kind="outcome", on_wire=on_wire, timeout=OUTCOME_AUDIT_TIMEOUT_SECONDS, **fields)
+        )
     except Exception:
         stats["outcome_audit_failed"] += 1
         logger.exception("outcome audit write failed for request %s", fields.get("request_id"))
 
+
+# An outcome follows a tool that already ran: worth waiting longer for than a decision, which
+# must be denied on time (on SQLite the wait includes the queue for the one database thread).
+# Still bounded, so a database that stopped answering cannot pile up writes without end.
+OUTCOME_AUDIT_TIMEOUT_SECONDS = 60
 
 # Outcome writes still committing after their answer went out (answer_after_outcome). Tasks are
 # only weakly held by the loop; this keeps them alive, and tests wait on it.
@@ -343,14 +352,19 @@ async def answer_after_outcome(outcome, message: dict[str, Any], status: str, an
 
     The answer waits until the event's statement has been handed to PostgreSQL's socket, not for
     the commit. From then on the event commits even if this process dies: the server runs a
-    statement it has received and learns of a dead client only when it answers (unless
-    client_connection_check_interval is set, which makes a long statement notice). The commit's
+    statement it has received and learns of a dead client only when it answers. The commit's
     round trip (0.5-1.1 ms on this machine at 100 calls/s, where each wake-up costs) then runs
-    alongside the answer instead of before it. What this gives up: another reader may see the
-    answer's effects for about a millisecond before the outcome event; and if another process
-    wrote the agent's chain in between, the append's retry (a locking append) runs after the
-    answer. On SQLite, or when this process does not know the chain's head, the event is
-    committed before the answer, as before. A failed write is logged and counted, as before.
+    alongside the answer instead of before it. On SQLite, or when this process does not know the
+    chain's head, the event is committed before the answer, as before. A failed write is logged
+    and counted, as before.
+
+    What this gives up, each time only if the process dies in the millisecond after the answer:
+    - if another process wrote the agent's chain in between, the statement inserts nothing and
+      the locking append that follows runs after the answer;
+    - a server with client_connection_check_interval set cancels a statement still waiting for
+      the head's row lock when its client goes;
+    - if the whole host or the network goes, bytes still in the kernel's send buffer are lost.
+    Another reader may also see the answer's effects about a millisecond before the outcome event.
     """
     on_wire = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(outcome(message, status, on_wire=on_wire))

@@ -5,6 +5,8 @@ an intact chain, and a failure must raise, never pass silently."""
 
 import asyncio
 import contextlib
+import os
+import socket
 import threading
 
 import pytest
@@ -143,7 +145,9 @@ async def test_the_locking_append_on_a_thread_is_bounded_too(settings):
     await audit_record_async(**event(agent))
     services.forget_head_hint(f"agent:{agent.pk}")  # as in a process that never wrote this chain
     async with head_locked_elsewhere(agent, hold=30):
-        with pytest.raises(AuditWriteError):
+        # the server's lock_timeout ends the wait (the statement fails there, so nothing commits
+        # later), before the hop's own limit a second after
+        with pytest.raises(AuditWriteError, match="lock timeout"):
             await audit_record_async(**event(agent, tool="stuck"))
     await audit_record_async(**event(agent))
     tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
@@ -241,15 +245,32 @@ async def test_fetch_row_reports_server_errors_and_refuses_unknown_values():
 @pytest.mark.postgres
 async def test_the_append_is_prepared_once_per_connection_and_planned_generically():
     agent = await in_thread(AgentFactory)
-    for _ in range(4):  # the first on a thread; then three on the loop, one connection
+    for _ in range(9):  # the first on a thread; then eight on the loop, one connection
         await audit_record_async(**event(agent))
     pool = pgpool.for_running_loop()
     (pooled,) = pool._idle
     assert pooled._prepared == {b"behavry_audit_append"}
     sql = b"SELECT count(*), max(generic_plans), max(custom_plans) FROM pg_prepared_statements WHERE name = $1"
-    # executed three times, never planned per call
-    assert await pooled.fetch_row(sql, ["behavry_audit_append"]) == (b"1", b"3", b"0")
-    await in_thread(assert_chain_intact, agent, 4)
+    # prepared once; planned for the first five runs (PostgreSQL's default), then the generic plan
+    assert await pooled.fetch_row(sql, ["behavry_audit_append"]) == (b"1", b"3", b"5")
+    await in_thread(assert_chain_intact, agent, 9)
+
+
+@pytest.mark.postgres
+async def test_a_prepared_statement_the_server_lost_turns_preparing_off_without_losing_the_event(caplog):
+    """As behind a pooler in transaction mode, where the next EXECUTE may reach a backend that
+    never saw the PREPARE: the append runs once more unnamed, and the pool stops naming."""
+    agent = await in_thread(AgentFactory)
+    for _ in range(3):
+        await audit_record_async(**event(agent))
+    pool = pgpool.for_running_loop()
+    (pooled,) = pool._idle
+    await pooled.fetch_row(b"DEALLOCATE behavry_audit_append", [])  # behind the pool's back
+    await audit_record_async(**event(agent, tool="after"))
+    assert not pool.prepared and pool._idle == [pooled]  # the same connection, still usable
+    assert "lost a prepared statement" in caplog.text
+    await audit_record_async(**event(agent))
+    await in_thread(assert_chain_intact, agent, 5)
 
 
 @pytest.mark.postgres
@@ -262,7 +283,6 @@ async def test_prepared_statements_can_be_turned_off_for_a_transaction_pooler(se
     (pooled,) = pool._idle
     assert not pool.prepared and not pooled._prepared
     assert await pooled.fetch_row(b"SELECT count(*) FROM pg_prepared_statements", []) == (b"0",)
-    assert await pooled.fetch_row(b"SELECT current_setting('plan_cache_mode')", []) == (b"auto",)
     await in_thread(assert_chain_intact, agent, 3)
 
 
@@ -294,13 +314,17 @@ async def test_an_event_on_the_wire_commits_even_if_this_process_dies_before_the
         assert not append.done()  # the server is still in the trigger's sleep
         pool = pgpool.for_running_loop()
         (in_use,) = pool._opened - set(pool._idle)
-        in_use.close_now()  # this process's end of the connection goes, as when the process dies
+        # This process's end of the connection goes as when the process dies: the kernel closes
+        # the socket (no goodbye message from libpq).
+        socket.socket(fileno=os.dup(in_use.conn.pgconn.socket)).shutdown(socket.SHUT_RDWR)
         with pytest.raises(AuditWriteError):
             await append
         for _ in range(100):
             if await in_thread(lambda: AuditEvent.objects.filter(agent_id=agent.pk, tool="slow").exists()):
                 break
             await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the event whose statement was on the wire never committed")
     finally:
         await in_thread(_slow_inserts, "slow", False)
     await in_thread(assert_chain_intact, agent, 2)

@@ -169,7 +169,9 @@ async def outcomes_committed(timeout: float = 10.0) -> None:
     from proxy.handlers import outcomes_in_flight
 
     deadline = time.monotonic() + timeout
-    while outcomes_in_flight and time.monotonic() < deadline:  # the server's loop is another thread's
+    while outcomes_in_flight:  # the server's loop is another thread's
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outcome writes still in flight after {timeout} s")
         await asyncio.sleep(0.001)
 
 

@@ -86,7 +86,8 @@ async def test_the_answer_goes_out_while_the_outcome_commits(url, token, agent):
 
 async def test_an_outcome_the_database_refuses_is_counted_and_the_answer_still_goes_back(url, token, agent):
     """The upstream has already run the tool: withholding its answer would invite a retry that
-    runs it twice. The refusal is logged and counted instead (both backends, both paths)."""
+    runs it twice. The refusal is logged and counted instead (both backends, both paths). This
+    held before the answer stopped waiting for the commit too; it must still hold now that it does."""
     await call(url, token, "warm")
     before = handlers.stats["outcome_audit_failed"]
     async with outcome_trigger(

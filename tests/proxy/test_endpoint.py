@@ -203,6 +203,16 @@ async def test_a_foreign_origin_is_403_and_a_bad_host_too(url, token):
     assert response.status_code == 403
 
 
+async def test_a_host_allowed_once_is_refused_after_allowed_hosts_change(url, token, settings):
+    """Verdicts per Host value are remembered (proxy/endpoint.py _host_allowed), but only for the
+    ALLOWED_HOSTS they were reached under."""
+    headers = modern_headers(token, "tools/call", "echo", Host="agents.example")
+    settings.ALLOWED_HOSTS = ["127.0.0.1", ".example"]
+    assert (await post(url, modern_call("echo", {"message": "a"}), headers)).status_code == 200
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    assert (await post(url, modern_call("echo", {"message": "b"}), headers)).status_code == 403
+
+
 async def test_a_header_body_mismatch_is_minus_32020(url, token):
     smuggled = await post(
         url, modern_call("delete_file", {"path": "/docs/readme.md"}), modern_headers(token, "tools/call", "echo")

@@ -103,20 +103,16 @@ class PooledConnection:
         SQL text for the connection's life; the text is not sent again. A connection whose
         exchange failed part-way must be dropped (the pool's callers do), as what the server holds
         is then unknown. `on_wire`, if given, is resolved once the whole statement has been handed
-        to the socket (or the call ends before that).
+        to the socket; if the call fails before that, resolving it is the caller's (audit/aio.py).
         """
         values = [_text_value(value) for value in params]
         pgconn = self.conn.pgconn
-        try:
-            if name and name not in self._prepared:
-                await self._exchange(pgconn.send_prepare, name, sql)
-                self._prepared.add(name)
-            if name:
-                return await self._exchange(pgconn.send_query_prepared, name, values, on_wire=on_wire)
-            return await self._exchange(pgconn.send_query_params, sql, values, on_wire=on_wire)
-        finally:
-            if on_wire is not None:
-                _set_once(on_wire)
+        if name and name not in self._prepared:
+            await self._exchange(pgconn.send_prepare, name, sql)
+            self._prepared.add(name)
+        if name:
+            return await self._exchange(pgconn.send_query_prepared, name, values, on_wire=on_wire)
+        return await self._exchange(pgconn.send_query_params, sql, values, on_wire=on_wire)
 
     async def _exchange(
         self, send: Callable[..., None], *args: Any, on_wire: asyncio.Future | None = None

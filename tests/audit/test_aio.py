@@ -128,10 +128,7 @@ async def test_an_append_stuck_on_a_locked_head_times_out_and_is_cancelled(setti
     async with head_locked_elsewhere(agent):
         with pytest.raises(AuditWriteError, match="TimeoutError"):
             await audit_record_async(**event(agent, tool="stuck"))
-    await audit_record_async(**event(agent))
-    tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
-    assert "stuck" not in tools and len(tools) == 3
-    await in_thread(assert_chain_intact, agent, 3)
+    await assert_stuck_append_left_out(agent, 3)
 
 
 @pytest.mark.postgres
@@ -149,10 +146,15 @@ async def test_the_locking_append_on_a_thread_is_bounded_too(settings):
         # later), before the hop's own limit a second after
         with pytest.raises(AuditWriteError, match="lock timeout"):
             await audit_record_async(**event(agent, tool="stuck"))
+    await assert_stuck_append_left_out(agent, 2)
+
+
+async def assert_stuck_append_left_out(agent, count):
+    """After a timed-out append: it never committed (not even later), and the chain goes on."""
     await audit_record_async(**event(agent))
     tools = await in_thread(lambda: list(AuditEvent.objects.filter(agent_id=agent.pk).values_list("tool", flat=True)))
-    assert "stuck" not in tools and len(tools) == 2
-    await in_thread(assert_chain_intact, agent, 2)
+    assert "stuck" not in tools and len(tools) == count
+    await in_thread(assert_chain_intact, agent, count)
 
 
 @pytest.mark.postgres
@@ -306,7 +308,7 @@ async def test_an_event_on_the_wire_commits_even_if_this_process_dies_before_the
     once on_wire is resolved, PostgreSQL has the statement and runs it without this process."""
     agent = await in_thread(AgentFactory)
     await audit_record_async(**event(agent))  # the chain's first event: now its head is known here
-    await in_thread(_slow_inserts, "slow", True)
+    await in_thread(audit_insert_trigger, when="NEW.tool = 'slow'", pg="PERFORM pg_sleep(0.5)")
     try:
         on_wire = asyncio.get_running_loop().create_future()
         append = asyncio.ensure_future(audit_record_async(on_wire=on_wire, **event(agent, tool="slow")))
@@ -326,23 +328,8 @@ async def test_an_event_on_the_wire_commits_even_if_this_process_dies_before_the
         else:
             pytest.fail("the event whose statement was on the wire never committed")
     finally:
-        await in_thread(_slow_inserts, "slow", False)
+        await in_thread(drop_audit_insert_trigger)
     await in_thread(assert_chain_intact, agent, 2)
-
-
-def _slow_inserts(tool: str, on: bool) -> None:
-    with connection.cursor() as cursor:
-        if on:
-            cursor.execute(
-                "CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS"
-                f" $$BEGIN IF NEW.tool = '{tool}' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END$$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER test_slow BEFORE INSERT ON audit_auditevent FOR EACH ROW EXECUTE FUNCTION test_slow()"
-            )
-        else:
-            cursor.execute("DROP TRIGGER test_slow ON audit_auditevent")
-            cursor.execute("DROP FUNCTION test_slow()")
 
 
 @pytest.mark.postgres
@@ -374,27 +361,38 @@ async def test_connections_older_than_the_max_age_are_replaced():
 
 def refuse_audit_inserts(on: bool) -> None:
     """A real failure of the audit write: the database refuses every new event (both backends)."""
+    if on:
+        audit_insert_trigger(pg="RAISE EXCEPTION 'refused by test'", sqlite="SELECT RAISE(ABORT, 'refused by test')")
+    else:
+        drop_audit_insert_trigger()
+
+
+def audit_insert_trigger(*, when: str = "TRUE", pg: str = "", sqlite: str = "") -> None:
+    """A trigger run before each audit insert for which `when` (a condition on NEW, the same SQL on
+    both backends) holds: `pg` is its PL/pgSQL, `sqlite` its statement. A backend given none is
+    left alone."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite" and sqlite:
+            cursor.execute(
+                f"CREATE TRIGGER test_audit BEFORE INSERT ON audit_auditevent WHEN {when} BEGIN {sqlite}; END"
+            )
+        elif connection.vendor == "postgresql" and pg:
+            cursor.execute(
+                "CREATE FUNCTION test_audit() RETURNS trigger LANGUAGE plpgsql AS"
+                f" $$BEGIN IF {when} THEN {pg}; END IF; RETURN NEW; END$$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_audit BEFORE INSERT ON audit_auditevent FOR EACH ROW EXECUTE FUNCTION test_audit()"
+            )
+
+
+def drop_audit_insert_trigger() -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
-            if on:
-                cursor.execute(
-                    "CREATE TRIGGER test_refuse BEFORE INSERT ON audit_auditevent"
-                    " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
-                )
-            else:
-                cursor.execute("DROP TRIGGER test_refuse")
-        elif on:
-            cursor.execute(
-                "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
-                " $$BEGIN RAISE EXCEPTION 'refused by test'; END$$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER test_refuse BEFORE INSERT ON audit_auditevent"
-                " FOR EACH ROW EXECUTE FUNCTION test_refuse()"
-            )
+            cursor.execute("DROP TRIGGER IF EXISTS test_audit")
         else:
-            cursor.execute("DROP TRIGGER test_refuse ON audit_auditevent")
-            cursor.execute("DROP FUNCTION test_refuse()")
+            cursor.execute("DROP TRIGGER IF EXISTS test_audit ON audit_auditevent")
+            cursor.execute("DROP FUNCTION IF EXISTS test_audit()")
 
 
 @contextlib.asynccontextmanager

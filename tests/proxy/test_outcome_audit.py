@@ -6,10 +6,10 @@ import contextlib
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 
 from audit.models import AuditEvent
 from proxy import handlers
+from tests.audit.test_aio import audit_insert_trigger, drop_audit_insert_trigger
 from tests.audit.test_one_statement_append import assert_chain_intact
 from tests.proxy.conftest import outcomes_committed, run_in_thread
 from tests.proxy.test_endpoint import modern_call, modern_headers, post
@@ -23,39 +23,13 @@ def url(behavry_url):
 
 
 @contextlib.asynccontextmanager
-async def outcome_trigger(body_pg: str, body_sqlite: str):
+async def outcome_trigger(pg: str, sqlite: str = ""):
     """A trigger on outcome events only (decision events pass untouched)."""
-    await sync_to_async(_outcome_trigger)(body_pg, body_sqlite, on=True)
+    await sync_to_async(audit_insert_trigger)(when="NEW.kind = 'outcome'", pg=pg, sqlite=sqlite)
     try:
         yield
     finally:
-        await sync_to_async(_outcome_trigger)(body_pg, body_sqlite, on=False)
-
-
-def _outcome_trigger(body_pg: str, body_sqlite: str, *, on: bool):
-    if not on:
-        with connection.cursor() as cursor:
-            if connection.vendor == "sqlite":
-                cursor.execute("DROP TRIGGER test_outcome")
-            else:
-                cursor.execute("DROP TRIGGER test_outcome ON audit_auditevent")
-                cursor.execute("DROP FUNCTION test_outcome()")
-        return
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute(
-                "CREATE TRIGGER test_outcome BEFORE INSERT ON audit_auditevent"
-                f" WHEN NEW.kind = 'outcome' BEGIN {body_sqlite}; END"
-            )
-        else:
-            cursor.execute(
-                "CREATE FUNCTION test_outcome() RETURNS trigger LANGUAGE plpgsql AS"
-                f" $$BEGIN IF NEW.kind = 'outcome' THEN {body_pg}; END IF; RETURN NEW; END$$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER test_outcome BEFORE INSERT ON audit_auditevent"
-                " FOR EACH ROW EXECUTE FUNCTION test_outcome()"
-            )
+        await sync_to_async(drop_audit_insert_trigger)()
 
 
 def outcomes(agent):
@@ -71,7 +45,7 @@ async def call(url, token, text):
 @pytest.mark.postgres
 async def test_the_answer_goes_out_while_the_outcome_commits(url, token, agent):
     await call(url, token, "warm")  # the chain's first event here takes the locking append
-    async with outcome_trigger("PERFORM pg_sleep(2)", ""):
+    async with outcome_trigger("PERFORM pg_sleep(2)"):
         result = await call(url, token, "slow commit")
         assert result["content"][0]["text"] == "Echo: slow commit"
         # The answer is here; its outcome event is still committing (for two seconds).

@@ -112,12 +112,14 @@ async def _execute_on_loop(
     fails the append, so the call is denied, instead of holding it and a pooled connection
     indefinitely. The statement is cancelled on the server; if it committed first, the trail
     holds a decision that was then denied as fail-closed, never the reverse."""
-    try:
-        async with asyncio.timeout(timeout):
-            pooled = await pool.acquire()
-    except Exception as exc:
-        logger.error("audit write failed: %s", exc)
-        raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
+    pooled = pool.acquire_idle()
+    if pooled is None:
+        try:
+            async with asyncio.timeout(timeout):
+                pooled = await pool.acquire()
+        except Exception as exc:
+            logger.error("audit write failed: %s", exc)
+            raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
         async with asyncio.timeout(timeout):
             raw = await _fetch(pool, pooled, params, on_wire)

@@ -144,7 +144,8 @@ def event_hash_from_text(values: dict[str, Any], previous_hash: str) -> str:
     """The same hash as event_hash(), built from stored text without parsing JSON.
 
     `values` holds the scalar columns as Python values and the JSON columns as their stored
-    canonical text. Joining `"key":value` pairs in sorted key order with no whitespace is exactly
+    canonical text; the timestamp may also be given as its timestamp_text(), which quotes to
+    the same bytes. Joining `"key":value` pairs in sorted key order with no whitespace is exactly
     what canonical_json() produces for the whole dict, so the two functions agree byte for byte
     (a test holds them to it).
     """
@@ -170,8 +171,9 @@ def _signing_key(secret: str) -> bytes:
 
 
 def sign(*parts: Any) -> str:
-    message = "|".join(str(p) for p in parts).encode()
-    return hmac.new(_signing_key(settings.SECRET_KEY), message, hashlib.sha256).hexdigest()
+    message = "|".join(map(str, parts)).encode()
+    # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...) without its objects
+    return hmac.digest(_signing_key(settings.SECRET_KEY), message, "sha256").hex()
 
 
 def head_signature(chain: str, seq: int, last_hash: str) -> str:

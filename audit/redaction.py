@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 SECRET_KEY_PATTERN = re.compile(
@@ -42,6 +43,13 @@ def redact_arguments(arguments: Any, findings: Iterable[dict[str, Any]] = ()) ->
     return _redact(arguments, matches, 0)
 
 
+@lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """SECRET_KEY_PATTERN.search, remembered: the same few keys come back on every call, and the
+    case-insensitive search over every alternative is the costliest step of redacting them."""
+    return SECRET_KEY_PATTERN.search(key) is not None
+
+
 def _redact(value: Any, matches: list[tuple[str, str]], depth: int) -> Any:
     if depth > MAX_DEPTH:
         return "[truncated: nested too deeply]"
@@ -52,7 +60,7 @@ def _redact(value: Any, matches: list[tuple[str, str]], depth: int) -> Any:
                 out["…"] = f"[truncated: {len(value) - MAX_ITEMS} more keys]"
                 break
             key = clean_text(str(key))[:200]
-            if SECRET_KEY_PATTERN.search(key) and item not in (None, "", [], {}):
+            if _secret_key(key) and item not in (None, "", [], {}):
                 out[key] = "[redacted]"
             else:
                 out[key] = _redact(item, matches, depth + 1)

@@ -30,6 +30,7 @@ from audit.chain import (
     event_hash_from_text,
     finding_hash,
     head_signature,
+    timestamp_text,
 )
 from audit.db import retention_delete_window
 from audit.models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent, AuditKind
@@ -350,11 +351,12 @@ def one_statement_append(
 ) -> OneStatementAppend:
     seq, previous_hash = hint[0] + 1, hint[1]
     timestamp = timezone.now()
-    values = {**fields, **texts, "seq": seq, "timestamp": timestamp}
+    # The timestamp goes as the text that is hashed (ISO 8601, UTC, microseconds), which PostgreSQL
+    # reads back as the same instant: one conversion per event instead of three.
+    stamp = timestamp_text(timestamp)
+    values = {**fields, **texts, "seq": seq, "timestamp": stamp}
     digest = event_hash_from_text(values, previous_hash)
-    # psycopg adapts aware datetimes itself: Django's adapt_datetimefield_value is the identity on
-    # PostgreSQL, and not calling it keeps this usable from the event loop (audit/aio.py).
-    params: list[Any] = [digest, head_signature(chain, seq, digest), timestamp, chain, hint[0], previous_hash]
+    params: list[Any] = [digest, head_signature(chain, seq, digest), stamp, chain, hint[0], previous_hash]
     params += [values[name] for name in HASHED_FIELDS]
     params += [previous_hash, digest, chain]
     return OneStatementAppend(chain, seq, timestamp, digest, params)

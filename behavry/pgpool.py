@@ -131,8 +131,9 @@ class PooledConnection:
             error = sqlstate = ""
             while True:
                 # get_result() blocks the whole loop while libpq lacks the rest of a message: wait
-                # for is_busy() to clear before each call, as psycopg does.
-                pgconn.consume_input()
+                # for is_busy() to clear before each call, as psycopg does. Right after sending,
+                # is_busy() is true without reading: the answer cannot be there yet, and a read
+                # would be a recv() that only says so (the socket stays readable if it is there).
                 while pgconn.is_busy():
                     self._waiter = self._loop.create_future()
                     await self._waiter
@@ -196,6 +197,13 @@ class AsyncPgPool:
     @property
     def size(self) -> int:
         return len(self._opened)
+
+    def acquire_idle(self) -> PooledConnection | None:
+        """An idle connection ready for use, without waiting, or None: then acquire(). Most
+        statements find one, and skip the timeout a wait must have (audit/aio.py)."""
+        if self._idle and self._idle[-1].usable(self._max_age):
+            return self._idle.pop()
+        return None
 
     async def acquire(self) -> PooledConnection:
         """An idle connection, a new one while under max_size, or the next one released."""
@@ -280,22 +288,41 @@ class AsyncPgPool:
 
 
 def _text_value(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if "\x00" in value:  # libpq would cut the text there: stored and hashed would differ
-            raise ValueError("text parameters cannot hold NUL")
-        return value.encode()
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise TypeError("naive datetime")  # would be read in the session's time zone
-        return value.isoformat().encode()
+    convert = _EXACT_TEXT.get(value.__class__)
+    if convert is not None:  # the usual types, by one lookup rather than a chain of isinstance
+        return convert(value)
+    return _text_value_slow(value)
+
+
+def _str_text(value: str) -> bytes:
+    if "\x00" in value:  # libpq would cut the text there: stored and hashed would differ
+        raise ValueError("text parameters cannot hold NUL")
+    return value.encode()
+
+
+def _datetime_text(value: datetime) -> bytes:
+    if value.tzinfo is None:
+        raise TypeError("naive datetime")  # would be read in the session's time zone
+    return value.isoformat().encode()
+
+
+_EXACT_TEXT: dict[type, Callable[[Any], bytes | None]] = {
+    type(None): lambda value: None,
+    str: _str_text,
+    int: lambda value: int.__repr__(value).encode(),
+    float: lambda value: float.__repr__(value).encode(),
+    datetime: _datetime_text,
+}
+
+
+def _text_value_slow(value: Any) -> bytes | None:
+    """Subclasses of the usual types (IntEnum, SafeString, …), converted as their base type (not
+    by a subclass's repr: IntEnum prints its name), and refusals."""
     if isinstance(value, bool):
         raise TypeError("cannot send a bool as statement text")
-    if isinstance(value, int):
-        return int.__repr__(value).encode()  # not a subclass's repr (IntEnum prints its name)
-    if isinstance(value, float):
-        return float.__repr__(value).encode()
+    for base in (str, datetime, int, float):
+        if isinstance(value, base):
+            return _EXACT_TEXT[base](value)
     raise TypeError(f"cannot send a {type(value).__name__} as statement text")
 
 

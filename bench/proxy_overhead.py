@@ -546,6 +546,49 @@ def register(upstream_url: str, agents: int = 1) -> list[str]:
     return tokens
 
 
+# --- one call through McpEndpoint in this process (no HTTP server) --------------------------------------
+
+
+async def endpoint_call(endpoint, token: str, msg_id: int) -> tuple[int, bytes]:
+    """One allowed tools/call (echo, 1 KB) driven straight into the ASGI endpoint: (status, body)."""
+    body = call_body(msg_id)
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/json"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"mcp-protocol-version", MODERN.encode()),
+        (b"mcp-method", b"tools/call"),
+        (b"mcp-name", b"echo"),
+        (b"authorization", f"Bearer {token}".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"/mcp/{SLUG}",
+        "headers": headers,
+        "url_route": {"kwargs": {"slug": SLUG}},
+    }
+    sent: list[dict] = []
+    delivered = False
+    forever = asyncio.Event()
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await forever.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(event):
+        sent.append(event)
+
+    await endpoint(scope, receive, send)
+    status = next(e["status"] for e in sent if e["type"] == "http.response.start")
+    return status, b"".join(e.get("body", b"") for e in sent if e["type"] == "http.response.body")
+
+
 # --- SQL round trips per call (in-process, libpq trace) ------------------------------------------------
 
 
@@ -568,42 +611,7 @@ def count_queries(token: str, calls: int = 0) -> None:
     endpoint = McpEndpoint()
 
     async def call(msg_id: int) -> tuple[int, bytes]:
-        body = call_body(msg_id)
-        headers = [
-            (b"host", b"127.0.0.1:8000"),
-            (b"content-type", b"application/json"),
-            (b"accept", b"application/json, text/event-stream"),
-            (b"mcp-protocol-version", MODERN.encode()),
-            (b"mcp-method", b"tools/call"),
-            (b"mcp-name", b"echo"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": f"/mcp/{SLUG}",
-            "headers": headers,
-            "url_route": {"kwargs": {"slug": SLUG}},
-        }
-        sent: list[dict] = []
-        delivered = False
-        forever = asyncio.Event()
-
-        async def receive():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await forever.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(event):
-            sent.append(event)
-
-        await endpoint(scope, receive, send)  # the outcome event is committed before the answer
-        status = next(e["status"] for e in sent if e["type"] == "http.response.start")
-        return status, b"".join(e.get("body", b"") for e in sent if e["type"] == "http.response.body")
+        return await endpoint_call(endpoint, token, msg_id)  # returns once the outcome event is committed
 
     def traced(msg_id: int) -> tuple[list[str], list[dict], str | None]:
         connection.ensure_connection()

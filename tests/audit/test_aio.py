@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -193,7 +194,13 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_connection_passes_it_on():
     await pool.close()
 
 
-@pytest.mark.parametrize("value", [True, "nul\x00inside", b"bytes", object()])
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value", [True, "nul\x00inside", _Text("nul\x00inside"), datetime(2026, 1, 1), b"bytes", object()]
+)
 def test_statement_text_refuses_what_it_cannot_send_faithfully(value):
     with pytest.raises((TypeError, ValueError)):
         pgpool._text_value(value)
@@ -207,6 +214,9 @@ def test_statement_text_uses_the_plain_number_form():
 
     assert pgpool._text_value(Level.HIGH) == b"3"
     assert pgpool._text_value(1e20) == b"1e+20" and pgpool._text_value(0.1) == b"0.1"
+    assert pgpool._text_value(_Text("plain")) == b"plain" and pgpool._text_value(None) is None
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    assert pgpool._text_value(moment) == b"2026-01-01T00:00:00+00:00"
 
 
 @pytest.mark.postgres

@@ -370,9 +370,16 @@ async def answer_after_outcome(outcome, message: dict[str, Any], status: str, an
     task = asyncio.ensure_future(outcome(message, status, on_wire=on_wire))
     outcomes_in_flight.add(task)
     task.add_done_callback(outcomes_in_flight.discard)
-    # Not just on_wire: if building the event fails, the write never starts (record_outcome logs).
-    await asyncio.wait({on_wire, task}, return_when=asyncio.FIRST_COMPLETED)
+    # The task's end resolves on_wire too: if building the event fails, the write never starts
+    # (record_outcome logs it). One callback rather than asyncio.wait's sets, waiter and removals.
+    task.add_done_callback(lambda _: _resolve(on_wire))
+    await on_wire
     return Reply(body=answer, after=task)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():  # also when it was cancelled: its waiter went away
+        future.set_result(None)
 
 
 # --- tools/call ----------------------------------------------------------------------------------

@@ -76,3 +76,22 @@ async def test_an_outcome_the_database_refuses_is_counted_and_the_answer_still_g
     result = await call(url, token, "after")  # the refused append left the chain usable
     assert result["content"][0]["text"] == "Echo: after"
     await run_in_thread(assert_chain_intact, agent, 5)
+
+
+async def test_an_outcome_event_that_cannot_be_built_does_not_hold_the_answer(url, token, agent, monkeypatch):
+    """The answer waits for the outcome statement to be on the wire; an event that fails before
+    any statement exists must release it too (the outcome task's end does)."""
+    real_record = handlers.record
+
+    async def record(req, **fields):
+        if fields.get("kind") == "outcome":
+            raise ValueError("outcome event could not be built")
+        return await real_record(req, **fields)
+
+    monkeypatch.setattr(handlers, "record", record)
+    before = handlers.stats["outcome_audit_failed"]
+    result = await call(url, token, "unbuilt")
+    await outcomes_committed()
+    assert result["content"][0]["text"] == "Echo: unbuilt" and not result.get("isError")
+    assert handlers.stats["outcome_audit_failed"] == before + 1
+    assert await run_in_thread(outcomes, agent) == []

@@ -29,7 +29,10 @@ Targets whose packages are missing (uvloop, httptools, aiohttp, httpx2) are skip
 Load: open loop. Calls are sent at fixed times (i / rate) whether or not earlier ones have answered; the
 latency of a call runs from its scheduled time to the last byte of its answer (so a late start counts).
 Each window is preceded by a 1 s warm-up at the same rate. Rates are interleaved (for each rate, every
-target in turn) so slow drift in the machine's load hits all targets alike. The request is the 2026-07-28
+target in turn) so slow drift in the machine's load hits all targets alike. With --rounds N the whole
+sequence runs N times and the tables show medians over the rounds (the added latencies as the median of
+each round's target-minus-direct), followed by every round's Behavry-against-floor figures: this host's
+speed drifts by 2x within an hour, so one round can land in a slow phase. The request is the 2026-07-28
 (stateless) `tools/call` of `echo` with a 1 KB message, one POST per call; every answer is checked
 (HTTP 200, the right id, a result with isError false and the echoed text) and failures are counted.
 
@@ -61,6 +64,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -854,6 +858,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per rate and target (10)")
     parser.add_argument("--rates", default="50,100,200", help="arrival rates in calls/s (50,100,200)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at each rate before each window")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every rate and target this many times; report medians (1)"
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="per-call timeout in seconds (15)")
     parser.add_argument("--targets", default="", help="comma list of target names (default: all available)")
     parser.add_argument("--profile", default="", help="after the table, py-spy one or more targets (comma list)")
@@ -1014,43 +1021,48 @@ def main() -> None:
             f"NOTE: the load generator, the upstream, PostgreSQL and the target all share these {os.cpu_count()}"
             " cores; 'other' is CPU used by processes outside the bench during the window."
         )
-        results: dict[tuple[float, str], dict] = {}
+        rounds: list[dict[tuple[float, str], dict]] = []
         next_id = 1_000
-        for rate in rates:
-            for target in targets:
-                client = Client(target.port, target.path, TOKENS if target.kind == "behavry" else None)
-                if opts.warmup > 0:
-                    runner.run(open_loop(client, rate, opts.warmup, opts.timeout, next_id))
-                    next_id += int(rate * opts.warmup) + 1
-                server_root = target.proc.pid
-                s0, u0, d0 = tree_ticks(server_root), tree_ticks(upstream.pid), pg.ticks()
-                g0, m0 = self_cpu_seconds(), machine_ticks()
-                window = runner.run(open_loop(client, rate, opts.seconds, opts.timeout, next_id))
-                s1, u1, d1 = tree_ticks(server_root), tree_ticks(upstream.pid), pg.ticks()
-                g1, m1 = self_cpu_seconds(), machine_ticks()
-                next_id += window.sent + 1
-                client.close()
-                server = delta_ticks(s0, s1)
-                up = 0 if target.kind == "direct" else delta_ticks(u0, u1)
-                db = delta_ticks(d0, d1)
-                gen = (g1 - g0) * CLK_TCK
-                busy, total = m1[0] - m0[0], m1[1] - m0[1]
-                ncpu = os.cpu_count() or 1
-                ms = 1000 / CLK_TCK / window.sent
-                results[(rate, target.name)] = {
-                    "w": window,
-                    "srv": server * ms,
-                    "up": up * ms,
-                    "db": db * ms,
-                    "gen": gen * ms,
-                    "other": max(0.0, busy - server - up - db - gen) / (total / ncpu) if total else float("nan"),
-                    "p50": percentile(window.latencies, 50),
-                    "p95": percentile(window.latencies, 95),
-                    "p99": percentile(window.latencies, 99),
-                    "lag99": percentile(window.lags, 99),
-                }
-                settle(target.proc.pid)
-        report(targets, rates, results)
+        for _ in range(max(1, opts.rounds)):
+            results: dict[tuple[float, str], dict] = {}
+            rounds.append(results)
+            for rate in rates:
+                for target in targets:
+                    client = Client(target.port, target.path, TOKENS if target.kind == "behavry" else None)
+                    if opts.warmup > 0:
+                        runner.run(open_loop(client, rate, opts.warmup, opts.timeout, next_id))
+                        next_id += int(rate * opts.warmup) + 1
+                    server_root = target.proc.pid
+                    s0, u0, d0 = tree_ticks(server_root), tree_ticks(upstream.pid), pg.ticks()
+                    g0, m0 = self_cpu_seconds(), machine_ticks()
+                    window = runner.run(open_loop(client, rate, opts.seconds, opts.timeout, next_id))
+                    s1, u1, d1 = tree_ticks(server_root), tree_ticks(upstream.pid), pg.ticks()
+                    g1, m1 = self_cpu_seconds(), machine_ticks()
+                    next_id += window.sent + 1
+                    client.close()
+                    server = delta_ticks(s0, s1)
+                    up = 0 if target.kind == "direct" else delta_ticks(u0, u1)
+                    db = delta_ticks(d0, d1)
+                    gen = (g1 - g0) * CLK_TCK
+                    busy, total = m1[0] - m0[0], m1[1] - m0[1]
+                    ncpu = os.cpu_count() or 1
+                    ms = 1000 / CLK_TCK / window.sent
+                    results[(rate, target.name)] = {
+                        "w": window,
+                        "srv": server * ms,
+                        "up": up * ms,
+                        "db": db * ms,
+                        "gen": gen * ms,
+                        "other": max(0.0, busy - server - up - db - gen) / (total / ncpu) if total else float("nan"),
+                        "p50": percentile(window.latencies, 50),
+                        "p95": percentile(window.latencies, 95),
+                        "p99": percentile(window.latencies, 99),
+                        "lag99": percentile(window.lags, 99),
+                    }
+                    settle(target.proc.pid)
+        report(targets, rates, rounds[0] if len(rounds) == 1 else combine_rounds(rounds))
+        if len(rounds) > 1:
+            report_rounds(targets, rates, rounds)
         for name in [p.strip() for p in opts.profile.split(",") if p.strip()]:
             chosen = next((t for t in targets if t.name == name), None)
             if chosen is None:
@@ -1080,6 +1092,49 @@ def settle(pid: int, seconds: float = 30.0) -> None:
         if now - last <= 1:
             return
         last = now
+
+
+def combine_rounds(rounds: list[dict[tuple[float, str], dict]]) -> dict[tuple[float, str], dict]:
+    """One result per (rate, target): medians over the rounds. A target's percentiles are set so that
+    subtracting the direct call's median gives the median of each round's own difference (direct
+    and target measured minutes apart would not pair)."""
+    combined: dict[tuple[float, str], dict] = {}
+    for key in rounds[0]:
+        runs = [r[key] for r in rounds if key in r]
+        window = Window(sent=sum(run["w"].sent for run in runs))
+        for run in runs:
+            window.errors.update(run["w"].errors)
+        combined[key] = {"w": window} | {
+            metric: statistics.median(run[metric] for run in runs)
+            for metric in ("srv", "up", "db", "gen", "other", "p50", "p95", "p99", "lag99")
+        }
+    for (rate, name), result in combined.items():
+        direct = combined.get((rate, "direct"))
+        if direct is None or name == "direct":
+            continue
+        for metric in ("p50", "p95", "p99"):
+            paired = [r[(rate, name)][metric] - r[(rate, "direct")][metric] for r in rounds if (rate, name) in r]
+            result[metric] = direct[metric] + statistics.median(paired)
+    return combined
+
+
+def report_rounds(targets: list[Target], rates: list[float], rounds: list[dict[tuple[float, str], dict]]) -> None:
+    print(f"\nEvery round, Behavry against its floor ({len(rounds)} rounds; the tables above show the medians)")
+    print(f"{'rate':>5} {'behavry':<16}  CPU ms/call (floor)   +p50 ms (floor)   +p99 ms (floor)")
+    for rate in rates:
+        for target in targets:
+            if target.kind != "behavry":
+                continue
+            for i, results in enumerate(rounds, 1):
+                b, f, d = (results.get((rate, name)) for name in (target.name, target.floor, "direct"))
+                if b is None or d is None:
+                    continue
+                floor = f or {"srv": float("nan"), "p50": float("nan"), "p99": float("nan")}
+                print(
+                    f"{rate:>5g} {target.name:<16} #{i}: {b['srv']:5.2f} ({floor['srv']:4.2f})"
+                    f"   {b['p50'] - d['p50']:6.2f} ({floor['p50'] - d['p50']:5.2f})"
+                    f"   {b['p99'] - d['p99']:7.2f} ({floor['p99'] - d['p99']:6.2f})"
+                )
 
 
 def report(targets: list[Target], rates: list[float], results: dict) -> None:

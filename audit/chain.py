@@ -59,6 +59,8 @@ def _normalise(value: Any) -> Any:
     PostgreSQL jsonb turns 1e20 into 100000000000000000000 and 1.0 may come back as 1.0 or 1, so
     integral floats hash as integers. NaN and infinities have no JSON form and are refused.
     """
+    if value.__class__ is str:  # most leaves: skip the checks below
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("audit fields cannot hold NaN or infinity")
@@ -81,7 +83,12 @@ _canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensu
 
 
 def canonical_json(value: Any) -> str:
+    if value.__class__ in _EMPTY_JSON and not value:  # no trace, no findings: most events
+        return _EMPTY_JSON[value.__class__]
     return _canonical_encode(_normalise(value))
+
+
+_EMPTY_JSON = {dict: "{}", list: "[]", tuple: "[]"}
 
 
 def event_hash(fields: dict[str, Any], previous_hash: str) -> str:
@@ -95,6 +102,10 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=F
 
 
 def _scalar_text(value: Any) -> str:
+    if value.__class__ is int:  # seq, agent_id: JSON's int form without the generic encoder
+        return int.__repr__(value)
+    if value is None:
+        return "null"
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("audit fields cannot hold NaN or infinity")
@@ -149,15 +160,18 @@ def event_hash_from_text(values: dict[str, Any], previous_hash: str) -> str:
     what canonical_json() produces for the whole dict, so the two functions agree byte for byte
     (a test holds them to it).
     """
-    parts = []
-    for key, prefix, is_json in _TEXT_PLAN:
-        value = values[key]
-        if is_json:
-            parts.append(prefix + value)
-        elif value.__class__ is str:  # most columns: the C quoting function directly
-            parts.append(prefix + _quote(value))
-        else:
-            parts.append(prefix + _scalar_text(value))
+    parts = [
+        prefix
+        + (
+            value
+            if is_json
+            else _quote(value)  # most columns: the C quoting function directly
+            if value.__class__ is str
+            else _scalar_text(value)
+        )
+        for key, prefix, is_json in _TEXT_PLAN
+        for value in (values[key],)
+    ]
     return hashlib.sha256(("{" + ",".join(parts) + "}" + previous_hash).encode("utf-8")).hexdigest()
 
 
@@ -172,8 +186,9 @@ def _signing_key(secret: str) -> bytes:
 
 def sign(*parts: Any) -> str:
     message = "|".join(map(str, parts)).encode()
-    # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...) without its objects
-    return hmac.digest(_signing_key(settings.SECRET_KEY), message, "sha256").hex()
+    # Not hmac.digest(key, message, "sha256"): it looks the algorithm up by name on every call,
+    # 2.3 against 2.0 µs here.
+    return hmac.new(_signing_key(settings.SECRET_KEY), message, hashlib.sha256).hexdigest()
 
 
 def head_signature(chain: str, seq: int, last_hash: str) -> str:

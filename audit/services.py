@@ -58,6 +58,8 @@ def _lock_head(chain: str) -> AuditChainHead:
 
 
 def _text(value: Any, limit: int) -> str:
+    if value.__class__ is str and value.isascii() and "\x00" not in value:  # the usual: nothing to clean
+        return value[:limit]
     return clean_text(str(value or ""))[:limit]
 
 

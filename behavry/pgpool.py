@@ -105,7 +105,10 @@ class PooledConnection:
         is then unknown. `on_wire`, if given, is resolved once the whole statement has been handed
         to the socket; if the call fails before that, resolving it is the caller's (audit/aio.py).
         """
-        values = [_text_value(value) for value in params]
+        # Plain strings, most of an audit event's values, inline: two calls fewer for each.
+        values = [
+            value.encode() if value.__class__ is str and "\x00" not in value else _text_value(value) for value in params
+        ]
         pgconn = self.conn.pgconn
         if name and name not in self._prepared:
             await self._exchange(pgconn.send_prepare, name, sql)

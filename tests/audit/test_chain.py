@@ -5,7 +5,15 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.chain import HASHED_FIELDS, JSON_FIELDS, canonical_json, event_hash, event_hash_from_text, make_row_hasher
+from audit.chain import (
+    HASHED_FIELDS,
+    JSON_FIELDS,
+    canonical_json,
+    event_hash,
+    event_hash_from_text,
+    make_row_hasher,
+    timestamp_text,
+)
 
 text = st.text(max_size=30)
 json_values = st.recursive(
@@ -33,6 +41,8 @@ def test_reference_text_and_row_hashes_agree(fields, previous):
     reference = event_hash(fields, previous)
     texts = {**fields, **{name: canonical_json(fields[name]) for name in JSON_FIELDS}}
     assert event_hash_from_text(texts, previous) == reference
+    # one_statement_append hashes (and sends) the timestamp as its text
+    assert event_hash_from_text({**texts, "timestamp": timestamp_text(fields["timestamp"])}, previous) == reference
     columns = (*HASHED_FIELDS, "previous_hash")
     row = (*(texts[c] for c in HASHED_FIELDS), previous)
     assert make_row_hasher(columns)(row) == reference

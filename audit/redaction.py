@@ -36,9 +36,15 @@ def clean_text(value: str) -> str:
 
 def redact_arguments(arguments: Any, findings: Iterable[dict[str, Any]] = ()) -> Any:
     """A copy of `arguments` safe to store. `findings` are DLP matches: {"type", "value"}."""
-    matches = sorted(
-        ((str(f["value"]), str(f.get("type", "secret"))) for f in findings if f.get("value")),
-        key=lambda item: -len(item[0]),
+    if arguments.__class__ in (dict, list) and not arguments:
+        return arguments.__class__()  # nothing to redact: most traces and details
+    matches = (
+        sorted(
+            ((str(f["value"]), str(f.get("type", "secret"))) for f in findings if f.get("value")),
+            key=lambda item: -len(item[0]),
+        )
+        if findings
+        else []
     )
     return _redact(arguments, matches, 0)
 

@@ -328,10 +328,11 @@ async def record_outcome(req: McpRequest, *, on_wire: asyncio.Future | None = No
     """Outcome events follow a forwarded call. If one cannot be written the call has already
     happened upstream, so the result still goes back (hiding it would invite a retry that runs the
     tool twice); the failure is logged and counted instead."""
+    write = record(req, kind="outcome", on_wire=on_wire, timeout=OUTCOME_AUDIT_TIMEOUT_SECONDS, **fields)
     try:
-        await asyncio.shield(
-            record(req, kind="outcome", on_wire=on_wire, timeout=OUTCOME_AUDIT_TIMEOUT_SECONDS, **fields)
-        )
+        # Shielded where the handler may be cancelled mid-write (a hang-up). With on_wire the
+        # caller is answer_after_outcome, whose task of its own nothing cancels: no second task.
+        await (write if on_wire is not None else asyncio.shield(write))
     except Exception:
         stats["outcome_audit_failed"] += 1
         logger.exception("outcome audit write failed for request %s", fields.get("request_id"))

@@ -6,6 +6,7 @@ with the MCP headers it came with, and returns the upstream's status, content ty
     FORWARD_URL=http://127.0.0.1:8765/mcp python -m uvicorn _forwarder:app --app-dir bench ...
     FORWARD_URL=... FORWARD_CLIENT=aiohttp ...      # aiohttp's client instead of httpx
     FORWARD_CLIENT=httpx2 ...                         # pydantic's httpx fork (its pool has the O(n) fixes)
+    FORWARD_CLIENT=http1 ...                          # Behavry's own upstream client (proxy/http1.py)
 
 The upstream client is pooled and created on first use in the server's event loop.
 """
@@ -48,7 +49,29 @@ async def _post_aiohttp(body: bytes, headers: dict[str, str]) -> tuple[int, str,
         return response.status, response.headers.get("content-type", ""), await response.read()
 
 
-_post = _post_aiohttp if FORWARD_CLIENT == "aiohttp" else _post_httpx
+async def _post_http1(body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    global _client
+    if _client is None:
+        import sys
+        from pathlib import Path
+
+        from yarl import URL
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from proxy import http1
+
+        url = URL(FORWARD_URL)
+        _client = (http1.Client(scheme=url.scheme, host=url.raw_host or "", port=url.port or 80), url.raw_path_qs)
+    client, path = _client
+    response = await client.request(
+        "POST", path, headers, body, connect_timeout=5.0, read_timeout=30.0, pool_timeout=35.0
+    )
+    data = await response.read()
+    response.release()
+    return response.status, response.headers.get("content-type", ""), data
+
+
+_post = {"aiohttp": _post_aiohttp, "http1": _post_http1}.get(FORWARD_CLIENT, _post_httpx)
 
 
 async def app(scope, receive, send):

@@ -14,7 +14,7 @@ Run:  .venv/bin/python bench/proxy_instructions.py [--calls 200] [--top 25] [--n
 Set-up: the same database, upstream and allow policy as bench/proxy_overhead.py (database
 `behavry_bench_proxy`, created if missing, migrated; the demo upstream on a free port). The calls go
 through McpEndpoint in one process, as proxy_overhead.py's in-process line does: the audit appends
-on the loop's own PostgreSQL connections, the upstream through aiohttp, no HTTP server.
+on the loop's own PostgreSQL connections, the upstream through proxy/http1.py, no HTTP server.
 
 Callgrind runs the process twice, with 0 and with --calls calls after the same warm-up (30 calls);
 the difference divided by --calls is the count per call, so start-up and warm-up cancel out. Under

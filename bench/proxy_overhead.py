@@ -18,8 +18,12 @@ Targets, each its own server process on its own port, all up for the whole run:
   fwd-uvicorn         bench/_forwarder.py under uvicorn (asyncio loop, h11), httpx client
   fwd-uvloop          bench/_forwarder.py under uvicorn (uvloop, httptools), httpx client
   fwd-daphne-aiohttp, fwd-uvicorn-aiohttp, fwd-uvloop-aiohttp
-                      the same with aiohttp's client, as Behavry uses: the floors for behavry-daphne,
-                      behavry-uvicorn and behavry-uvloop
+                      the same with aiohttp's client: the floor as issue 4 defines it (uvicorn, uvloop,
+                      httptools and aiohttp's client: 0.9 ms of CPU per call)
+  fwd-daphne-http1, fwd-uvicorn-http1, fwd-uvloop-http1
+                      the same with Behavry's own upstream client (proxy/http1.py): the floors for
+                      behavry-daphne, behavry-uvicorn and behavry-uvloop, so Behavry-minus-floor is
+                      Behavry's own work and not the choice of client
   fwd-uvloop-httpx2   the same with httpx2 (pydantic's httpx fork, installed with the mcp SDK)
   behavry-daphne      `python -m daphne behavry.asgi:application`
   behavry-uvicorn     `python -m uvicorn behavry.asgi:application --loop asyncio --http h11`
@@ -146,11 +150,14 @@ def target_catalog() -> list[Target]:
             if uv and HAVE["httpx2"]
             else []
         ),
-        # Behavry's upstream client is aiohttp (proxy/upstream.py): its floor is the aiohttp forwarder.
-        Target("behavry-daphne", "behavry", "daphne + aiohttp", floor="fwd-daphne-aiohttp"),
-        Target("behavry-uvicorn", "behavry", "uvicorn asyncio/h11 + aiohttp", floor="fwd-uvicorn-aiohttp"),
+        *([Target("fwd-daphne-http1", "forwarder", "daphne + http1")] if HAVE["httptools"] else []),
+        *([Target("fwd-uvicorn-http1", "forwarder", "uvicorn asyncio/h11 + http1")] if HAVE["httptools"] else []),
+        *([Target("fwd-uvloop-http1", "forwarder", "uvicorn uvloop/httptools + http1")] if uv else []),
+        # Behavry's upstream client is proxy/http1.py: its floor is the forwarder with that client.
+        Target("behavry-daphne", "behavry", "daphne + http1", floor="fwd-daphne-http1"),
+        Target("behavry-uvicorn", "behavry", "uvicorn asyncio/h11 + http1", floor="fwd-uvicorn-http1"),
         *(
-            [Target("behavry-uvloop", "behavry", "uvicorn uvloop/httptools + aiohttp", floor="fwd-uvloop-aiohttp")]
+            [Target("behavry-uvloop", "behavry", "uvicorn uvloop/httptools + http1", floor="fwd-uvloop-http1")]
             if uv
             else []
         ),
@@ -723,6 +730,7 @@ LIBRARIES = [
     ("thread pool / threading", ("concurrent/futures/", "threading.py", "queue.py")),
     ("httpx/httpcore/anyio/h11 (client)", ("httpx/", "httpcore/", "anyio/", "h11/")),
     ("aiohttp/yarl/multidict (client)", ("aiohttp/", "yarl/", "multidict/")),
+    ("Behavry's upstream client (proxy/http1.py)", ("proxy/http1.py",)),
     ("uvicorn/httptools (server)", ("uvicorn/", "httptools")),
     ("daphne/twisted/autobahn (server)", ("daphne/", "twisted/", "autobahn/")),
     ("event loop (asyncio, uvloop native)", ("asyncio/",)),
@@ -970,7 +978,7 @@ def main() -> None:
                 target.path = "/mcp"
                 tenv = {**env, "FORWARD_URL": upstream_url}
                 tenv["FORWARD_CLIENT"] = (
-                    target.name.rpartition("-")[2] if target.name.endswith(("aiohttp", "httpx2")) else "httpx"
+                    target.name.rpartition("-")[2] if target.name.endswith(("aiohttp", "httpx2", "http1")) else "httpx"
                 )
                 target.proc = start_process(
                     server_command(target, "_forwarder:app", not opts.no_access_log), tenv, target.log

@@ -1,7 +1,8 @@
 """Talking to upstream MCP servers over Streamable HTTP, in whichever era each speaks.
 
-One pooled aiohttp.ClientSession per upstream per event loop (a Daphne process has one loop). The
-agent's token is never forwarded: requests carry only the upstream's own credential header.
+One pool of keep-alive connections per upstream per event loop (a Daphne process has one loop):
+proxy/http1.py's client, or aiohttp's behind an HTTP proxy. The agent's token is never forwarded:
+requests carry only the upstream's own credential header.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from proxy import http1
 from proxy.jsonrpc import (
     LATEST_LEGACY,
     LATEST_MODERN,
@@ -37,7 +39,7 @@ logger = logging.getLogger("behavry.proxy.upstream")
 BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
 MODERN_ERROR_CODES = {-32020, -32021, -32022}
 # aiohttp's TimeoutErrors are also ClientErrors; they must be checked first to say "timed out".
-CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
+CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
 
 
 class UpstreamError(Exception):
@@ -87,12 +89,18 @@ class UpstreamReply:
 @dataclass
 class _Pool:
     loop: asyncio.AbstractEventLoop
-    session: aiohttp.ClientSession
     url: URL
-    # What the environment says (HTTP(S)_PROXY, NO_PROXY), read once: aiohttp's trust_env would
-    # re-read it, and ~/.netrc, in a worker thread on every request.
-    proxy: URL | None
-    proxy_auth: aiohttp.BasicAuth | None
+    # Direct connections take proxy/http1.py's client (a third of aiohttp's CPU per request). An
+    # upstream behind an HTTP(S)_PROXY from the environment (read once: aiohttp's trust_env would
+    # re-read it, and ~/.netrc, in a worker thread on every request) keeps aiohttp, which tunnels.
+    client: http1.Client | None = None
+    session: aiohttp.ClientSession | None = None
+    proxy: URL | None = None
+    proxy_auth: aiohttp.BasicAuth | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.client.closed if self.client is not None else self.session is None or self.session.closed
 
 
 _pools: dict[tuple[int, int, str], _Pool] = {}
@@ -114,6 +122,11 @@ def _ssl_context() -> ssl.SSLContext:
 def _discard(pool: _Pool) -> None:
     """Drop a pool whose loop is gone or ending, without awaiting anything (there may be no loop to
     await on); otherwise aiohttp reports an unclosed session and connector when it is collected."""
+    if pool.client is not None:
+        with contextlib.suppress(Exception):
+            pool.client.close()
+    if pool.session is None:
+        return
     connector = pool.session.connector
     pool.session.detach()
     if connector is not None:
@@ -132,59 +145,99 @@ def pool_for(target: UpstreamTarget) -> _Pool:
     loop = asyncio.get_running_loop()
     key = (id(loop), target.id, target.url)
     pool = _pools.get(key)
-    if pool is None or pool.loop is not loop or pool.session.closed:
+    if pool is None or pool.loop is not loop or pool.closed:
         if pool is not None:
             _discard(pool)
         url = URL(target.url)
         proxy, proxy_auth = None, None
         with contextlib.suppress(LookupError):
             proxy, proxy_auth = get_env_proxy_for_url(url)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=200, limit_per_host=0, ssl=_ssl_context() if url.scheme == "https" else True
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
-            trust_env=False,
-        )
-        pool = _Pool(loop, session, url, proxy, proxy_auth)
+        tls = _ssl_context() if url.scheme == "https" else None
+        if proxy is None:
+            client = http1.Client(scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls, limit=200)
+            pool = _Pool(loop, url, client=client)
+        else:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, ssl=tls or True),
+                cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
+                trust_env=False,
+            )
+            pool = _Pool(loop, url, session=session, proxy=proxy, proxy_auth=proxy_auth)
         _pools[key] = pool
     return pool
 
 
-def _timeout(target: UpstreamTarget, *, read: float | None) -> aiohttp.ClientTimeout:
+class _ProxiedResponse:
+    """aiohttp's response, seen through http1.Response's few members (status, headers with
+    lower-case names, read, iter_any, at_eof, release, close)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = {name.lower(): value for name, value in response.headers.items()}
+
+    def at_eof(self) -> bool:
+        return self._response.content.at_eof()
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+Response = http1.Response | _ProxiedResponse
+
+
+async def _request(
+    target: UpstreamTarget, method: str, headers: dict[str, str], *, data: bytes | None = None, read: float | None
+) -> Response:
     """connect_timeout bounds the TCP/TLS connect; read_timeout bounds each wait for bytes.
 
     Like httpx.Timeout(read, connect=...): no deadline for the whole answer (a slow tool may
     stream for longer), and waiting for a free pooled connection is bounded too.
     """
-    pool_wait = None if read is None else target.connect_timeout + read
-    return aiohttp.ClientTimeout(total=None, connect=pool_wait, sock_connect=target.connect_timeout, sock_read=read)
-
-
-async def _request(
-    target: UpstreamTarget, method: str, headers: dict[str, str], *, data: bytes | None = None, read: float | None
-) -> aiohttp.ClientResponse:
     pool = pool_for(target)
-    return await pool.session.request(
+    pool_wait = None if read is None else target.connect_timeout + read
+    if pool.client is not None:
+        return await pool.client.request(
+            method,
+            pool.url.raw_path_qs,
+            headers,
+            data,
+            connect_timeout=target.connect_timeout,
+            read_timeout=read,
+            pool_timeout=pool_wait,
+        )
+    assert pool.session is not None, "a pool has a client or a session"
+    timeout = aiohttp.ClientTimeout(total=None, connect=pool_wait, sock_connect=target.connect_timeout, sock_read=read)
+    response = await pool.session.request(
         method,
         pool.url,
         data=data,
         headers=headers,
-        timeout=_timeout(target, read=read),
+        timeout=timeout,
         allow_redirects=False,
         proxy=pool.proxy,
         proxy_auth=pool.proxy_auth,
     )
+    return _ProxiedResponse(response)
 
 
-def _content_type(response: aiohttp.ClientResponse) -> str:
+def _content_type(response: Response) -> str:
     return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _close_response(response: aiohttp.ClientResponse) -> None:
+def _close_response(response: Response) -> None:
     """Return a fully read connection to the pool; drop one mid-answer, so the upstream sees the
     disconnect (for a 2026-07-28 upstream that is the cancellation)."""
-    if response.content.at_eof():
+    if response.at_eof():
         response.release()
     else:
         response.close()
@@ -193,11 +246,11 @@ def _close_response(response: aiohttp.ClientResponse) -> None:
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+async def _lines(response: Response) -> AsyncIterator[str]:
     """Lines of a body as SSE defines them (CRLF, CR or LF), of any length."""
     parts: list[bytes] = []
     after_cr = False
-    async for chunk in response.content.iter_any():
+    async for chunk in response.iter_any():
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         start = 0
@@ -213,7 +266,7 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         yield b"".join(parts).decode("utf-8", "replace")
 
 
-async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
     """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are skipped."""
     data: list[str] = []
     async for line in _lines(response):
@@ -265,7 +318,7 @@ async def post(
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
     except TimeoutError as exc:
         raise UpstreamError(f"upstream {target.slug} timed out: {type(exc).__name__}") from exc
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, http1.HttpError) as exc:
         raise UpstreamError(f"upstream {target.slug} unreachable: {type(exc).__name__}") from exc
 
     content_type = _content_type(response)

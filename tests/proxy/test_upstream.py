@@ -138,3 +138,28 @@ async def test_a_lost_session_is_reported_as_gone():
     async with Scripted([answer]) as up:
         with pytest.raises(UpstreamSessionGone):
             await upstream.post(target(up.port), call(), session_id="abcdef123456", protocol_version="2025-11-25")
+
+
+async def test_an_upstream_behind_an_environment_proxy_is_reached_through_it(monkeypatch):
+    """HTTP(S)_PROXY keeps aiohttp's client, which speaks to proxies; direct upstreams take http1."""
+    event = json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"via": "proxy"}})
+    async with Scripted([sse(f"data: {event}\n\n".encode())]) as proxy_server:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_server.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        behind = target(9, id=99, url="http://upstream.invalid:9/mcp")
+        reply = await upstream.post(behind, call(3))
+        assert reply.streaming
+        assert await upstream.first_response(reply, 3) == json.loads(event)
+        assert upstream.pool_for(behind).session is not None
+    assert proxy_server.requests[0].startswith(b"POST http://upstream.invalid:9/mcp HTTP/1.1\r\n")
+
+
+async def test_a_direct_upstream_takes_the_http1_client():
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode()
+    answer = ("200 OK", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", [body])
+    async with Scripted([answer]) as up:
+        reply = await upstream.post(target(up.port, id=98), call())
+        await upstream.first_response(reply, 1)
+        pool = upstream.pool_for(target(up.port, id=98))
+        assert pool.client is not None and pool.session is None

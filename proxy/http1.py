@@ -43,6 +43,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.stray = False  # the server sent more than the answer: ignored, the connection closed
         self.idle_since = 0.0
         self.reused = False
         # The answer being read.
@@ -85,10 +86,23 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # Bytes after the answer, unasked (nothing is pipelined here): the server is out of
+            # step with this connection, so it must not carry another request, and what follows
+            # is not part of the answer.
+            self.stray = True
+            self.lost = True
+            if self.transport is not None:
+                self.transport.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name, value))
+        if not self.stray:
+            self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.stray:
+            return
         self.headers_done = True
         names = {name.lower() for name, _ in self.header_list}
         status = self.parser.get_status_code()
@@ -101,6 +115,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.stray:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > READ_HIGH_WATER and not self.paused and self.transport is not None:
@@ -109,6 +125,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.stray:
+            return
         self.complete = True
         # Asked now: once the message is complete, llhttp resets the flags this reads.
         self.keep_alive = self.parser.should_keep_alive()
@@ -218,11 +236,14 @@ class Response:
             self._client._give_back(conn, reuse=False)
 
 
-def _check_header(text: str) -> bytes:
-    if "\r" in text or "\n" in text or "\0" in text:
+def _header_block(headers: dict[str, str]) -> bytes:
+    """The header lines, refused if a name or value would break a line (a request smuggled in
+    the header) or is not latin-1. One scan of the joined text, not one per field."""
+    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if block.count("\n") != len(headers) or block.count("\r") != len(headers) or "\0" in block:
         raise HttpError("a header name or value holds a line break")
     try:
-        return text.encode("latin-1")
+        return block.encode("latin-1")
     except UnicodeEncodeError:
         raise HttpError("a header name or value is not latin-1") from None
 
@@ -288,13 +309,9 @@ class Client:
         raise AssertionError("unreachable")
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode("latin-1")]
-        for name, value in headers.items():
-            lines.append(_check_header(name) + b": " + _check_header(value) + b"\r\n")
-        if body is not None or method == "POST":
-            lines.append(b"Content-Length: %d\r\n" % len(body or b""))
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        start = f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode("latin-1")
+        length = b"Content-Length: %d\r\n" % len(body or b"") if body is not None or method == "POST" else b""
+        return b"".join((start, _header_block(headers), length, b"\r\n"))
 
     async def _acquire(self, connect_timeout: float | None, pool_timeout: float | None) -> _Connection:
         if self.closed:

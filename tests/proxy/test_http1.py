@@ -184,6 +184,21 @@ async def test_a_post_on_a_kept_alive_connection_closed_unanswered_is_not_repeat
     assert [request.rsplit(b"\r\n", 1)[1] for request in server.requests] == [b"{}", b"once"]
 
 
+async def test_a_connection_that_sends_more_than_the_answer_is_not_reused():
+    async def extra_answer(reader, writer, server):
+        while True:
+            await server.read_request(reader)
+            writer.write(ok(b"asked") + ok(b"unasked"))
+            await writer.drain()
+
+    async with Server(extra_answer) as server:
+        client = client_for(server)
+        assert await post(client) == (200, b"asked")
+        assert await post(client) == (200, b"asked")  # not the stray answer left on the old connection
+        client.close()
+    assert server.connections == 2
+
+
 async def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry():
     async def hang_up(reader, writer, server):
         await server.read_request(reader)
@@ -302,6 +317,7 @@ async def test_a_failed_connect_frees_its_slot():
         {"X-Injected": "a\r\nX-Smuggled: b"},
         {"X-Bad\nName": "a"},
         {"X-Null": "a\0b"},
+        {"X-Lone-CR": "a\rb"},
         {"X-Not-Latin": "\u2603"},
     ],
 )

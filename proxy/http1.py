@@ -8,13 +8,17 @@ yarl, its timer contexts) measured 0.34-0.41 ms of CPU per POST on this host, th
 DELETE with a few headers, and answers that are one JSON body or a server-sent event stream.
 What this client leaves out: redirects (never followed here), cookies (never shared between
 agents), HTTP proxies (upstream.py keeps aiohttp for an upstream behind HTTP(S)_PROXY),
-pipelining, HTTP/2, request bodies other than bytes, and 1xx answers.
+pipelining, HTTP/2, request bodies other than bytes, and protocol switches (101 is an error;
+other 1xx answers are skipped). There is no reaper for idle connections: one past IDLE_SECONDS
+is closed when the pool next reaches it, and the server will have closed its end by then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,6 +52,8 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         # The answer being read.
         self.got_bytes = False
+        self.status = 0
+        self.interim = False  # inside a 1xx answer, which precedes the real one
         self.header_list: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.complete = False
@@ -68,12 +74,15 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._spoil(HttpError("the upstream switched protocols (101), which MCP does not use"))
         except httptools.HttpParserError as exc:
-            self._fail(HttpError(f"malformed HTTP answer: {exc}"))
-            if self.transport is not None:
-                self.transport.close()
+            self._spoil(HttpError(f"malformed HTTP answer: {exc}"))
 
     def eof_received(self) -> bool | None:
+        # Marked at once, not when connection_lost runs a loop step later: in between, the
+        # connection must not be handed to another request (its write would go nowhere).
+        self.lost = True
         return False  # close our side too: nothing more can be read here
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -92,9 +101,7 @@ class _Connection(asyncio.Protocol):
             # step with this connection, so it must not carry another request, and what follows
             # is not part of the answer.
             self.stray = True
-            self.lost = True
-            if self.transport is not None:
-                self.transport.close()
+            self._spoil(None)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.stray:
@@ -103,15 +110,19 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.stray:
             return
-        self.headers_done = True
-        names = {name.lower() for name, _ in self.header_list}
         status = self.parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: interim, the answer follows
+            self.interim = True
+            self.header_list = []
+            return
+        self.status = status
+        self.headers_done = True
+        fields = {name.lower(): value for name, value in self.header_list}
+        coding = fields.get(b"transfer-encoding", b"").rsplit(b",", 1)[-1].strip().lower()
+        # RFC 9112 6.3: without chunked as the last coding or a length, the body ends at close.
         self.close_delimited = (
-            b"content-length" not in names
-            and b"transfer-encoding" not in names
-            and status not in (204, 304)
-            and status >= 200
-        )
+            coding != b"chunked" and (b"content-length" not in fields or b"transfer-encoding" in fields)
+        ) and status not in (204, 304)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -127,12 +138,23 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.stray:
             return
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         # Asked now: once the message is complete, llhttp resets the flags this reads.
         self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     # --- the client's side ---
+
+    def _spoil(self, error: Exception | None) -> None:
+        """The connection cannot be trusted any more: fail what is pending, close it."""
+        self.lost = True
+        if error is not None:
+            self._fail(error)
+        if self.transport is not None:
+            self.transport.close()
 
     def _fail(self, error: Exception) -> None:
         if self.error is None:
@@ -147,6 +169,8 @@ class _Connection(asyncio.Protocol):
     def start(self) -> None:
         """Get ready for the next answer on this connection."""
         self.got_bytes = self.headers_done = self.complete = self.keep_alive = self.close_delimited = False
+        self.interim = False
+        self.status = 0
         self.header_list = []
         self.chunks.clear()
         self.buffered = 0
@@ -159,7 +183,8 @@ class _Connection(asyncio.Protocol):
         try:
             await waiter
         finally:
-            self.waiter = None
+            if self.waiter is waiter:  # else the connection has moved on to another request's wait
+                self.waiter = None
             if timer is not None:
                 timer.cancel()
 
@@ -173,7 +198,14 @@ class _Connection(asyncio.Protocol):
         return data
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.lost and self.error is None
+        return (
+            self.complete
+            and self.keep_alive
+            and not self.lost
+            and self.error is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -193,7 +225,7 @@ class Response:
         self._client = client
         self._conn: _Connection | None = conn
         self._read_timeout = read_timeout
-        self.status: int = conn.parser.get_status_code()
+        self.status: int = conn.status
         headers: dict[str, str] = {}
         for name, value in conn.header_list:
             key = name.decode("latin-1").lower()
@@ -235,10 +267,38 @@ class Response:
         if conn is not None:
             self._client._give_back(conn, reuse=False)
 
+    def __del__(self) -> None:
+        # An answer dropped without release() or close() (a generator closed before it started)
+        # would hold its pool slot for good; aiohttp's responses give theirs back when collected.
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # the loop may be gone
+                self.close()
+
+
+# RFC 9110 token characters. The framing headers are the client's own: one given by a caller (an
+# upstream's credential header name is an admin's to type) would frame the request twice.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"})
+_names_checked: set[str] = set()
+
+
+def _check_names(headers: dict[str, str]) -> None:
+    for name in headers:
+        if name in _names_checked:
+            continue
+        if not _TOKEN.fullmatch(name):
+            raise HttpError(f"header name {name!r} is not an HTTP token")
+        if name.lower() in _OWN_HEADERS:
+            raise HttpError(f"header {name!r} is set by the client itself")
+        if len(_names_checked) < 1024:  # the names are few and repeat; bounded all the same
+            _names_checked.add(name)
+
 
 def _header_block(headers: dict[str, str]) -> bytes:
-    """The header lines, refused if a name or value would break a line (a request smuggled in
-    the header) or is not latin-1. One scan of the joined text, not one per field."""
+    """The header lines, refused if a name is not a token or is a framing header, or if a value
+    would break a line (a request smuggled in the header) or is not latin-1. Values are checked
+    by one scan of the joined text, not one per field."""
+    _check_names(headers)
     block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if block.count("\n") != len(headers) or block.count("\r") != len(headers) or "\0" in block:
         raise HttpError("a header name or value holds a line break")
@@ -284,7 +344,7 @@ class Client:
         """
         head = self._head(method, target, headers, body)
         for attempt in (1, 2):
-            conn = await self._acquire(connect_timeout, pool_timeout)
+            conn = await self._acquire(connect_timeout, pool_timeout, fresh=attempt == 2)
             conn.start()
             try:
                 assert conn.transport is not None
@@ -299,6 +359,7 @@ class Client:
                 # answer: most likely the request was never read, but a server that died while
                 # acting on it looks the same. Only a request that may run twice goes once more,
                 # on a new connection, as aiohttp does; a POST (a tool call) is never repeated.
+                # (A connection known to be closing is never handed out: see _usable.)
                 if attempt == 1 and conn.reused and not conn.got_bytes and method in IDEMPOTENT_METHODS:
                     continue
                 raise
@@ -313,13 +374,16 @@ class Client:
         length = b"Content-Length: %d\r\n" % len(body or b"") if body is not None or method == "POST" else b""
         return b"".join((start, _header_block(headers), length, b"\r\n"))
 
-    async def _acquire(self, connect_timeout: float | None, pool_timeout: float | None) -> _Connection:
+    async def _acquire(
+        self, connect_timeout: float | None, pool_timeout: float | None, *, fresh: bool = False
+    ) -> _Connection:
+        """A kept-alive connection (unless `fresh`), a new one, or one handed over when busy."""
         if self.closed:
             raise HttpError("the client is closed")
         now = time.monotonic()
-        while self.idle:
+        while self.idle and not fresh:
             conn = self.idle.pop()  # the most recently used: the least likely to be timed out
-            if not conn.lost and now - conn.idle_since < IDLE_SECONDS:
+            if _usable(conn) and now - conn.idle_since < IDLE_SECONDS:
                 conn.reused = True
                 return conn
             conn.close()
@@ -365,12 +429,14 @@ class Client:
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 )
+        except TimeoutError:
+            raise  # an OSError too, but it must read as a timeout, not as unreachable
         except OSError as exc:
             raise HttpError(f"cannot connect to {self.host_header}: {exc}") from exc
         return conn
 
     def _give_back(self, conn: _Connection, *, reuse: bool) -> None:
-        if reuse and not self.closed:
+        if reuse and not self.closed and _usable(conn):
             conn.idle_since = time.monotonic()
             while self.queue:
                 waiter = self.queue.popleft()
@@ -396,5 +462,13 @@ class Client:
         """Close every idle connection now; ones in use close when their answer is let go."""
         self.closed = True
         while self.idle:
-            self.idle.pop().close()
+            conn = self.idle.pop()
             self.open -= 1
+            with contextlib.suppress(Exception):  # a closed loop refuses; the rest still go
+                conn.close()
+
+
+def _usable(conn: _Connection) -> bool:
+    """Not lost, not closing: the server's end of file may be seen (eof_received, a failed write)
+    a loop step before connection_lost runs."""
+    return not conn.lost and conn.transport is not None and not conn.transport.is_closing()

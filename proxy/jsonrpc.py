@@ -133,4 +133,6 @@ def header_value(raw: str) -> str:
 def header_encode(value: str) -> str:
     if value.isascii() and value.isprintable() and value == value.strip():
         return value
-    return "=?base64?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+    # A JSON string may hold a lone surrogate ("\ud800" parses to one): encoded as is, never an
+    # exception on the forward path. A peer's strict decode then sees a mismatch, a clean -32020.
+    return "=?base64?" + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii") + "?="

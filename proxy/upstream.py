@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import json
 import logging
@@ -94,6 +95,8 @@ class _Pool:
     # upstream behind an HTTP(S)_PROXY from the environment (read once: aiohttp's trust_env would
     # re-read it, and ~/.netrc, in a worker thread on every request) keeps aiohttp, which tunnels.
     client: http1.Client | None = None
+    # Credentials in the URL (http://user:secret@host/mcp), as Basic auth, as aiohttp sent them.
+    url_auth: dict[str, str] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
     proxy: URL | None = None
     proxy_auth: aiohttp.BasicAuth | None = None
@@ -155,7 +158,8 @@ def pool_for(target: UpstreamTarget) -> _Pool:
         tls = _ssl_context() if url.scheme == "https" else None
         if proxy is None:
             client = http1.Client(scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls, limit=200)
-            pool = _Pool(loop, url, client=client)
+            url_auth = {"Authorization": _basic_auth(url.user, url.password or "")} if url.user else {}
+            pool = _Pool(loop, url, client=client, url_auth=url_auth)
         else:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, ssl=tls or True),
@@ -165,6 +169,10 @@ def pool_for(target: UpstreamTarget) -> _Pool:
             pool = _Pool(loop, url, session=session, proxy=proxy, proxy_auth=proxy_auth)
         _pools[key] = pool
     return pool
+
+
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class _ProxiedResponse:
@@ -209,7 +217,7 @@ async def _request(
         return await pool.client.request(
             method,
             pool.url.raw_path_qs,
-            headers,
+            {**pool.url_auth, **headers} if pool.url_auth else headers,
             data,
             connect_timeout=target.connect_timeout,
             read_timeout=read,
@@ -246,11 +254,25 @@ def _close_response(response: Response) -> None:
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
+async def _chunks(response: Response) -> AsyncIterator[bytes]:
+    """The body's bytes; a connection lost, a malformed answer or a read timeout part-way is an
+    UpstreamError, which every caller handles (and audits), like a failure before the answer."""
+    chunks = response.iter_any()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except CLIENT_ERRORS as exc:
+            raise UpstreamError(f"the upstream broke off its answer: {type(exc).__name__}") from exc
+        yield chunk
+
+
 async def _lines(response: Response) -> AsyncIterator[str]:
     """Lines of a body as SSE defines them (CRLF, CR or LF), of any length."""
     parts: list[bytes] = []
     after_cr = False
-    async for chunk in response.iter_any():
+    async for chunk in _chunks(response):
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         start = 0
@@ -289,7 +311,11 @@ async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
         if name == "data":
             data.append(value[1:] if value.startswith(" ") else value)
     if data and "\n".join(data).strip():
-        message = json.loads("\n".join(data))
+        try:
+            message = json.loads("\n".join(data))
+        except ValueError:
+            logger.warning("upstream ended its stream inside a non-JSON SSE event; ignored")
+            return
         if isinstance(message, dict):
             yield message
 

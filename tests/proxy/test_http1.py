@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
+import ssl
 
 import pytest
 
@@ -56,6 +58,19 @@ class Server:
 
 def ok(body: bytes, extra: str = "") -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def answers_once(data: bytes, *, then_close: bool = False):
+    """A handler that reads one request and writes `data`, then closes or stays silent."""
+
+    async def handler(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(data)
+        await writer.drain()
+        if not then_close:
+            await asyncio.sleep(1)
+
+    return handler
 
 
 async def keep_alive(reader, writer, server):
@@ -212,12 +227,8 @@ async def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry
 
 
 async def test_an_answer_cut_off_mid_body_is_an_error():
-    async def cut(reader, writer, server):
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-
-    async with Server(cut) as server:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
+    async with Server(answers_once(answer, then_close=True)) as server:
         client = client_for(server)
         response = await client.request("POST", "/mcp", {}, b"{}", **TIMEOUTS)
         with pytest.raises(http1.HttpError, match="closed the connection"):
@@ -227,13 +238,7 @@ async def test_an_answer_cut_off_mid_body_is_an_error():
 
 
 async def test_a_malformed_answer_is_an_error():
-    async def garbage(reader, writer, server):
-        await server.read_request(reader)
-        writer.write(b"this is not HTTP at all\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    async with Server(garbage) as server:
+    async with Server(answers_once(b"this is not HTTP at all\r\n\r\n")) as server:
         client = client_for(server)
         with pytest.raises(http1.HttpError, match="malformed"):
             await post(client)
@@ -333,13 +338,7 @@ async def test_a_header_that_could_split_the_request_is_refused_before_anything_
 async def test_a_large_answer_is_held_back_while_unread_and_then_read_whole():
     big = bytes(range(256)) * 4096 * 4  # 4 MiB, sixteen times the high-water mark
 
-    async def large(reader, writer, server):
-        await server.read_request(reader)
-        writer.write(ok(big))
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    async with Server(large) as server:
+    async with Server(answers_once(ok(big))) as server:
         client = client_for(server)
         response = await client.request("POST", "/mcp", {}, b"{}", **TIMEOUTS)
         await asyncio.sleep(0.3)  # nobody reads: the connection stops reading past the mark
@@ -363,3 +362,112 @@ async def test_a_closed_client_refuses_new_requests():
             await post(client)
     with contextlib.suppress(Exception):
         client.close()
+
+
+async def test_a_connection_closing_under_a_release_is_not_handed_to_the_next_request():
+    """The server's end of file is read a loop step before connection_lost: a release in between
+    must not give the closing connection to a waiting request (its write would go nowhere)."""
+
+    async def answer_then_close_the_first(reader, writer, server):
+        first = server.connections == 1
+        while True:
+            await server.read_request(reader)
+            writer.write(ok(b"first" if first else b"second"))
+            await writer.drain()
+            if first:
+                return  # Server._serve closes: FIN right after the answer
+
+    async with Server(answer_then_close_the_first) as server:
+        client = client_for(server, limit=1)
+        response = await client.request("GET", "/mcp", {}, None, **TIMEOUTS)
+        assert await response.read() == b"first"
+        waiting = asyncio.ensure_future(post(client, read_timeout=None))  # would hang for good
+        await asyncio.sleep(0)
+        assert len(client.queue) == 1
+        transport = response._conn.transport
+        while not transport.is_closing():
+            await asyncio.sleep(0)
+        response.release()
+        assert await asyncio.wait_for(waiting, 5) == (200, b"second")
+        client.close()
+
+
+async def test_an_interim_answer_before_the_real_one_is_skipped():
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n" + ok(b"{}", "X-Real: yes\r\n")
+    async with Server(answers_once(answer)) as server:
+        client = client_for(server)
+        response = await client.request("POST", "/mcp", {}, b"{}", **TIMEOUTS)
+        assert (response.status, await response.read()) == (200, b"{}")
+        assert response.headers.get("x-real") == "yes" and "link" not in response.headers
+        response.release()
+        client.close()
+
+
+async def test_a_stray_answer_in_the_same_segment_does_not_change_the_status():
+    async with Server(answers_once(ok(b"{}") + b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone")) as server:
+        client = client_for(server)
+        assert await post(client) == (200, b"{}")
+        client.close()
+
+
+async def test_a_body_with_a_transfer_coding_other_than_chunked_ends_with_the_connection():
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nBODY"
+    async with Server(answers_once(answer, then_close=True)) as server:
+        client = client_for(server)
+        assert await post(client) == (200, b"BODY")
+        client.close()
+
+
+async def test_a_protocol_switch_is_an_error():
+    answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with Server(answers_once(answer)) as server:
+        client = client_for(server)
+        with pytest.raises(http1.HttpError, match="switched protocols"):
+            await post(client)
+        assert client.open == 0
+        client.close()
+
+
+async def test_a_connect_that_does_not_finish_in_time_is_a_timeout():
+    async def never_handshake(reader, writer, server):
+        await reader.read()  # a TLS client hello, never answered
+
+    async with Server(never_handshake) as server:
+        client = http1.Client(scheme="https", host="127.0.0.1", port=server.port, ssl=ssl.create_default_context())
+        with pytest.raises(TimeoutError):
+            await post(client, connect_timeout=0.3)
+        assert client.open == 0
+        client.close()
+
+
+async def test_an_answer_dropped_without_release_gives_its_slot_back():
+    async with Server(keep_alive) as server:
+        client = client_for(server, limit=1)
+        response = await client.request("POST", "/mcp", {}, b"{}", **TIMEOUTS)
+        del response
+        gc.collect()
+        assert client.open == 0
+        assert await post(client, pool_timeout=0.5) == (200, b"echo:{}")
+        client.close()
+
+
+@pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "Connection", "X Spaced", "X:Colon"])
+async def test_a_header_name_that_would_reframe_the_request_is_refused(name):
+    async with Server(keep_alive) as server:
+        client = client_for(server)
+        with pytest.raises(http1.HttpError, match="header"):
+            await client.request("POST", "/mcp", {name: "5"}, b"{}", **TIMEOUTS)
+        client.close()
+    assert server.requests == []
+
+
+async def test_a_finished_wait_does_not_unregister_the_next_requests_wait():
+    """A reader woken by its answer's end may resume after the connection has gone back to the
+    pool and a new request on it has registered its own wait: that one must stay registered."""
+    conn = http1._Connection(asyncio.get_running_loop())
+    first = asyncio.ensure_future(conn.wait(None))
+    await asyncio.sleep(0)
+    conn._wake()  # the first wait's news: it is woken but has not run yet
+    nxt = conn.waiter = asyncio.get_running_loop().create_future()  # the next request's wait
+    await first
+    assert conn.waiter is nxt

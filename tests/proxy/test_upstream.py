@@ -4,6 +4,7 @@ timeouts and unreachable upstreams become UpstreamError."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 
@@ -163,3 +164,31 @@ async def test_a_direct_upstream_takes_the_http1_client():
         await upstream.first_response(reply, 1)
         pool = upstream.pool_for(target(up.port, id=98))
         assert pool.client is not None and pool.session is None
+
+
+async def test_credentials_in_the_upstream_url_go_as_basic_auth():
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode()
+    answer = ("200 OK", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", [body])
+    async with Scripted([answer]) as up:
+        with_user = target(up.port, id=97, url=f"http://bob:s%40cret@127.0.0.1:{up.port}/mcp")
+        await upstream.first_response(await upstream.post(with_user, call()), 1)
+    sent = up.requests[0].decode()
+    assert f"Authorization: Basic {base64.b64encode(b'bob:s@cret').decode()}\r\n" in sent
+    assert "bob" not in sent.split("\r\n", 1)[0]  # not in the request line
+
+
+async def test_a_stream_cut_off_part_way_is_an_upstream_error():
+    head = "Content-Type: text/event-stream\r\nContent-Length: 5000\r\n"
+    event = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}})
+    async with Scripted([("200 OK", head, [f"data: {event}\n\n".encode()])]) as up:
+        reply = await upstream.post(target(up.port), call())
+        with pytest.raises(UpstreamError, match="broke off"):
+            await upstream.first_response(reply, 1)
+
+
+def test_a_name_with_a_lone_surrogate_still_gets_an_mcp_name_header():
+    """JSON's "\\ud800" parses to a lone surrogate, which UTF-8 cannot encode strictly."""
+    message = {"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": "p\ud800"}}
+    _, headers = upstream.modern_request(message, client_info={}, client_capabilities={})
+    assert headers["Mcp-Name"].startswith("=?base64?")
+    assert base64.b64decode(headers["Mcp-Name"][9:-2]) == b"p\xed\xa0\x80"

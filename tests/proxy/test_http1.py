@@ -471,3 +471,33 @@ async def test_a_finished_wait_does_not_unregister_the_next_requests_wait():
     nxt = conn.waiter = asyncio.get_running_loop().create_future()  # the next request's wait
     await first
     assert conn.waiter is nxt
+
+
+class TlsServer(Server):
+    def __init__(self, handler, cert, key):
+        super().__init__(handler)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+
+async def test_an_https_upstream_is_verified_and_its_connection_kept_alive(tls_files):
+    cert, key = tls_files
+    async with TlsServer(keep_alive, cert, key) as server:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        client = http1.Client(scheme="https", host="127.0.0.1", port=server.port, ssl=trusting)
+        assert [await post(client, b"1"), await post(client, b"2")] == [(200, b"echo:1"), (200, b"echo:2")]
+        client.close()
+        assert server.connections == 1
+        assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in server.requests[0]
+
+        # The same server with the system's CAs: its certificate is not trusted, nothing is sent.
+        strict = http1.Client(scheme="https", host="127.0.0.1", port=server.port, ssl=ssl.create_default_context())
+        with pytest.raises(http1.HttpError, match="cannot connect"):
+            await post(strict, b"3")
+        assert strict.open == 0
+    assert len(server.requests) == 2

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import socket
+import ssl
 
 import pytest
 
@@ -33,13 +34,14 @@ def target(port: int, **overrides) -> UpstreamTarget:
 class Scripted:
     """Answers each request with the next scripted (head, body chunks) and remembers what it got."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, tls=None):
         self.answers = list(answers)
+        self.tls = tls
         self.requests: list[bytes] = []
         self.server: asyncio.base_events.Server | None = None
 
     async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc):
@@ -192,3 +194,19 @@ def test_a_name_with_a_lone_surrogate_still_gets_an_mcp_name_header():
     _, headers = upstream.modern_request(message, client_info={}, client_capabilities={})
     assert headers["Mcp-Name"].startswith("=?base64?")
     assert base64.b64decode(headers["Mcp-Name"][9:-2]) == b"p\xed\xa0\x80"
+
+
+async def test_an_https_upstream_is_verified_against_the_configured_ca_bundle(tls_files, monkeypatch):
+    cert, key = tls_files
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"over": "tls"}}).encode()
+    answer = ("200 OK", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", [body])
+    async with Scripted([answer], tls=tls) as up:
+        secure = target(up.port, id=96, url=f"https://127.0.0.1:{up.port}/mcp")
+        with pytest.raises(UpstreamError, match="unreachable"):  # certifi's CAs do not know it
+            await upstream.post(secure, call())
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = target(up.port, id=95, url=f"https://127.0.0.1:{up.port}/mcp")
+        reply = await upstream.post(trusted, call())
+        assert (await upstream.first_response(reply, 1))["result"] == {"over": "tls"}

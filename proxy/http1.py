@@ -27,7 +27,8 @@ import httptools
 
 # An idle connection older than this is closed, not reused: uvicorn closes idle keep-alive
 # connections after 5 s by default, and a request written onto a socket the server is closing at
-# that moment fails. Below that, reuse never meets a server's close.
+# that moment fails. A server with a shorter keep-alive can still meet that race: a GET or DELETE
+# is then retried on a new connection, a POST fails as an upstream error (and is audited so).
 IDLE_SECONDS = 4.0
 # Above this many unread bytes of one answer, the connection stops reading until the reader
 # catches up, so an upstream cannot fill memory faster than the agent takes it.

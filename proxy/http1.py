@@ -151,11 +151,9 @@ class _Connection(asyncio.Protocol):
 
     def _spoil(self, error: Exception | None) -> None:
         """The connection cannot be trusted any more: fail what is pending, close it."""
-        self.lost = True
         if error is not None:
             self._fail(error)
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def _fail(self, error: Exception) -> None:
         if self.error is None:
@@ -199,14 +197,7 @@ class _Connection(asyncio.Protocol):
         return data
 
     def reusable(self) -> bool:
-        return (
-            self.complete
-            and self.keep_alive
-            and not self.lost
-            and self.error is None
-            and self.transport is not None
-            and not self.transport.is_closing()
-        )
+        return self.complete and self.keep_alive and self.error is None and _usable(self)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -344,7 +344,7 @@ async def post(
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
     except TimeoutError as exc:
         raise UpstreamError(f"upstream {target.slug} timed out: {type(exc).__name__}") from exc
-    except (aiohttp.ClientError, http1.HttpError) as exc:
+    except CLIENT_ERRORS as exc:
         raise UpstreamError(f"upstream {target.slug} unreachable: {type(exc).__name__}") from exc
 
     content_type = _content_type(response)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
+import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,6 +24,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 T = TypeVar("T")
+
+logger = logging.getLogger("behavry.proxy")
 
 PARALLEL_DB = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 # Sized like asyncio's default executor (which database_sync_to_async(thread_sensitive=False)
@@ -72,3 +76,50 @@ def _run_with_connection_upkeep(fn: Callable[..., T], args: tuple, kwargs: dict[
         return fn(*args, **kwargs)
     finally:
         close_old_connections()
+
+
+# key -> the background refresh running for it (refresh_ahead). Only refreshes in flight are kept.
+_refreshing: dict[tuple[Hashable, ...], asyncio.Task] = {}
+
+
+def refresh_ahead(key: tuple[Hashable, ...], fn: Callable[..., Any], *args: Any) -> None:
+    """Run `fn(*args)` on a database thread in the background, unless a refresh of `key` is
+    already running on this event loop; called from the loop, returns at once. `key[0]` names
+    the cache in logs, the rest identifies the entry.
+
+    For the per-process caches the tool-call path reads (proxy/identity.py, proxy/classify.py,
+    policies/engine.py): a hit past half its lifetime is still served, and this re-reads it, so
+    that under steady traffic no request waits for a database thread to renew a cache. Only
+    entries that nobody used for half a lifetime are read on the request path. A failed refresh
+    is logged; the entry then expires and the request path reads it itself, failing closed if the
+    database is down, as it would without this."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # on a database thread: the caller reads through the cache itself
+    running = _refreshing.get(key)
+    if running is not None and not running.done() and running.get_loop() is loop:
+        return
+    task = loop.create_task(_refresh(key, fn, args))
+    _refreshing[key] = task
+    task.add_done_callback(functools.partial(_refresh_done, key))
+
+
+async def _refresh(key: tuple[Hashable, ...], fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        await on_db_thread(fn, *args)
+    except Exception:
+        logger.warning("background refresh of %s failed; it is read again when it expires", key[0], exc_info=True)
+
+
+def _refresh_done(key: tuple[Hashable, ...], task: asyncio.Task) -> None:
+    if _refreshing.get(key) is task:
+        del _refreshing[key]
+
+
+async def refreshes_settled() -> None:
+    """Wait for the background refreshes running on this loop (tests)."""
+    loop = asyncio.get_running_loop()
+    running = [task for task in _refreshing.values() if task.get_loop() is loop]
+    if running:
+        await asyncio.wait(running)

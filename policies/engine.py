@@ -28,7 +28,10 @@ from zoneinfo import ZoneInfo
 from django.utils import timezone
 
 DEFAULT_DENY = "default.deny"
-REFRESH_SECONDS = 0.5  # how often a process checks the policy version: changes apply within 1 s
+# How often a process checks the policy version. A database thread checks before using an engine
+# older than this; the event loop goes on using one up to twice as old while a check runs in the
+# background (_EngineCache.peek). Either way, changes apply within 1 s.
+REFRESH_SECONDS = 0.5
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MISSING = object()
 
@@ -366,17 +369,24 @@ class _EngineCache:
         self._checked_at = 0.0
 
     def get(self) -> PolicyEngine:
-        engine = self.peek()
-        if engine is not None:
+        engine = self._engine
+        if engine is not None and time.monotonic() - self._checked_at < REFRESH_SECONDS:
             return engine
+        return self.check()
+
+    def check(self) -> PolicyEngine:
+        """Compare the engine's version with the database's, reload it if they differ."""
         with self._lock:
             from policies.selectors import policy_engine_load, policy_version
 
+            if self._engine is not None and time.monotonic() - self._checked_at < REFRESH_SECONDS:
+                return self._engine  # checked by another thread while this one waited for the lock
             try:
+                started = time.monotonic()  # the engine's age counts from before the query
                 version = policy_version()
                 if self._engine is None or self._engine.version != version:
                     self._engine = policy_engine_load(version)
-                self._checked_at = time.monotonic()
+                self._checked_at = started
                 return self._engine
             except PolicyEngineError:
                 raise
@@ -384,10 +394,19 @@ class _EngineCache:
                 raise PolicyEngineError(f"policy engine unavailable: {exc}") from exc
 
     def peek(self) -> PolicyEngine | None:
-        """The engine if it was checked against the database less than REFRESH_SECONDS ago, else
-        None; never touches the database (for the event loop)."""
+        """For the event loop, which must not touch the database: the engine if it was checked
+        less than REFRESH_SECONDS ago; if less than twice that, the engine too, and a check starts
+        on a database thread in the background; else None (the caller decides on a thread)."""
         engine = self._engine
-        if engine is not None and time.monotonic() - self._checked_at < REFRESH_SECONDS:
+        if engine is None:
+            return None
+        age = time.monotonic() - self._checked_at
+        if age < REFRESH_SECONDS:
+            return engine
+        if age < 2 * REFRESH_SECONDS:
+            from behavry.dbthreads import refresh_ahead  # Django's database layer; not for the pure engine
+
+            refresh_ahead(("policy engine",), self.check)
             return engine
         return None
 

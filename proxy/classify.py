@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import tool_default_action, tool_resource_argument
+from proxy.identity import TTLCache
 from proxy.models import Tool
 
 MAX_RESOURCE = 1000
@@ -22,7 +22,7 @@ class Classification:
 
 
 _CACHE_SECONDS = 1.0  # like identities: an admin's reclassification applies within a second
-_rows: dict[tuple[int, str], tuple[float, tuple[str, str] | None]] = {}
+_rows = TTLCache("tool", lambda: _CACHE_SECONDS, max_entries=50_000)
 
 
 class NotCached(LookupError):
@@ -30,23 +30,26 @@ class NotCached(LookupError):
 
 
 def _catalog_row(server_id: int, tool: str, *, cached_only: bool = False) -> tuple[str, str] | None:
-    """(action, resource_argument) from the catalog, cached per process for at most a second."""
+    """(action, resource_argument) from the catalog, cached per process for at most a second
+    (renewed in the background from the event loop, see TTLCache)."""
     key = (server_id, tool)
-    entry = _rows.get(key)
-    now = time.monotonic()
-    if entry is not None and now - entry[0] < _CACHE_SECONDS:
-        return entry[1]
+    hit, value = _rows.get(key, _read_row, server_id, tool) if cached_only else _rows.get(key)
+    if hit:
+        return value
     if cached_only:
         raise NotCached(key)
+    return _read_row(server_id, tool)
+
+
+def _read_row(server_id: int, tool: str) -> tuple[str, str] | None:
+    started = _rows.read_started()
     row = (
         Tool.objects.filter(server_id=server_id, name=tool)
         .only("default_action", "action_override", "resource_argument")
         .first()
     )
     value = (row.action, row.resource_argument) if row is not None else None
-    if len(_rows) > 50_000:
-        _rows.clear()
-    _rows[key] = (now, value)
+    _rows.put((server_id, tool), value, started)
     return value
 
 

@@ -2,16 +2,20 @@
 
 The cache is what makes suspension and token revocation "take effect on the very next request in
 every proxy process, with at most 1 s of caching": each process re-reads a token's row (and its
-agent's status) once per second at most, and never trusts it longer.
+agent's status) once per second at most, and never trusts it longer. Under steady traffic the
+re-read happens in the background after half a second (TTLCache), so no request waits for it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agents.selectors import agent_token_authenticate
+from behavry.dbthreads import refresh_ahead
 from behavry.tokens import secret_digest
 from proxy.models import UpstreamServer
 from proxy.upstream import UpstreamTarget
@@ -36,39 +40,66 @@ class AgentIdentity:
         return self.agent_id
 
 
-class _TTLCache:
-    def __init__(self):
+class TTLCache:
+    """Entries for at most `lifetime()` seconds from when they were read, served without the
+    database; past half of it, a hit also starts a re-read in the background
+    (behavry.dbthreads.refresh_ahead), so steady traffic never waits for one. `lifetime` is a
+    function so that the module constant it reads can be changed (tests, bench)."""
+
+    def __init__(self, name: str, lifetime: Callable[[], float], max_entries: int = _MAX_ENTRIES):
+        self._name = name
+        self._lifetime = lifetime
+        self._max_entries = max_entries
         self._lock = threading.Lock()
         self._data: dict = {}
+        self._generation = 0  # moved by clear(): a read that started before it is not stored
 
-    def get(self, key):
+    def get(self, key, reload: Callable[..., Any] | None = None, *args: Any) -> tuple[bool, Any]:
+        """(True, value) on a hit. With `reload`, a hit past half its lifetime also runs
+        `reload(*args)` on a database thread in the background; `reload` must store what it reads."""
         entry = self._data.get(key)
-        if entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS:
-            return True, entry[1]
+        if entry is not None:
+            age = time.monotonic() - entry[0]
+            lifetime = self._lifetime()
+            if age < lifetime:
+                if reload is not None and age >= lifetime / 2:
+                    refresh_ahead((self._name, key), reload, *args)
+                return True, entry[1]
         return False, None
 
-    def put(self, key, value) -> None:
+    def read_started(self) -> tuple[float, int]:
+        """Call before reading the database; give the result to put()."""
+        return time.monotonic(), self._generation
+
+    def put(self, key, value, started: tuple[float, int]) -> None:
+        """Store what a read that began at `started` found. The entry ages from the start of the
+        read, so a slow query cannot stretch the bound; a clear() since then discards it."""
+        read_at, generation = started
         with self._lock:
-            if len(self._data) >= _MAX_ENTRIES:
+            if generation != self._generation:
+                return
+            if len(self._data) >= self._max_entries:
                 self._data.clear()  # crude but bounded; entries only live a second anyway
-            self._data[key] = (time.monotonic(), value)
+            self._data[key] = (read_at, value)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._data.clear()
 
 
-_identities = _TTLCache()
-_targets = _TTLCache()
+_identities = TTLCache("identity", lambda: CACHE_SECONDS)
+_targets = TTLCache("upstream", lambda: CACHE_SECONDS)
 
 
 def cached_identity(raw: str) -> tuple[bool, AgentIdentity | None]:
     """A cache hit without touching the database, so the event loop need not hop to a thread."""
-    return _identities.get(secret_digest(raw))
+    key = secret_digest(raw)
+    return _identities.get(key, _read_identity, raw, key)
 
 
 def cached_target(slug: str) -> tuple[bool, UpstreamTarget | None]:
-    return _targets.get(slug)
+    return _targets.get(slug, _read_target, slug)
 
 
 def identity_for_token(raw: str) -> AgentIdentity | None:
@@ -77,6 +108,11 @@ def identity_for_token(raw: str) -> AgentIdentity | None:
     hit, value = _identities.get(key)
     if hit:
         return value
+    return _read_identity(raw, key)
+
+
+def _read_identity(raw: str, key: str) -> AgentIdentity | None:
+    started = _identities.read_started()
     token = agent_token_authenticate(raw)
     identity = None
     if token is not None:
@@ -90,7 +126,7 @@ def identity_for_token(raw: str) -> AgentIdentity | None:
             token_id=token.pk,
             max_hold_seconds=agent.max_hold_seconds,
         )
-    _identities.put(key, identity)
+    _identities.put(key, identity, started)
     return identity
 
 
@@ -99,6 +135,11 @@ def target_for_slug(slug: str) -> UpstreamTarget | None:
     hit, value = _targets.get(slug)
     if hit:
         return value
+    return _read_target(slug)
+
+
+def _read_target(slug: str) -> UpstreamTarget | None:
+    started = _targets.read_started()
     server = UpstreamServer.objects.filter(slug=slug, enabled=True).first()
     target = None
     if server is not None:
@@ -114,7 +155,7 @@ def target_for_slug(slug: str) -> UpstreamTarget | None:
             era=server.era,
             protocol_version=server.protocol_version,
         )
-    _targets.put(slug, target)
+    _targets.put(slug, target, started)
     return target
 
 

@@ -277,3 +277,23 @@ def daphnes(request, settings):
         proc.terminate()
     for proc in procs:
         proc.wait(10)
+
+
+class MonotonicClock:
+    """Stands in for `time` in the modules given to frozen_monotonic(): cache lifetimes and
+    refresh windows pass by assigning `now`, without sleeping."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def frozen_monotonic(monkeypatch, *modules) -> MonotonicClock:
+    from types import SimpleNamespace
+
+    clock = MonotonicClock()
+    for module in modules:
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    return clock

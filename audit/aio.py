@@ -11,6 +11,7 @@ takes the locking append on a database thread, as before.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -27,6 +28,8 @@ from audit.services import (
     AuditWriteError,
     audit_event_fields,
     audit_record,
+    batch_append,
+    batch_statement_sql,
     forget_head_hint,
     locking_append,
     one_statement_append,
@@ -56,11 +59,19 @@ async def audit_record_async(
     is when the append has finished, failed or not. If that statement then finds the chain moved
     (another process appended), the locking append that follows runs after on_wire.
     """
+    token = object()
+    appends_in_flight.add(token)
     try:
         return await _append(on_wire, settings.BEHAVRY_DECISION_TIMEOUT_SECONDS if timeout is None else timeout, event)
     finally:
+        appends_in_flight.discard(token)
         if on_wire is not None and not on_wire.done():
             on_wire.set_result(None)
+
+
+# One token per append started in this process and not yet finished, on any event loop (set
+# operations are atomic under the GIL). Tests wait for it to empty before they empty the database.
+appends_in_flight: set[object] = set()
 
 
 async def _append(on_wire: asyncio.Future | None, timeout: float, event: dict[str, Any]) -> int:
@@ -69,24 +80,191 @@ async def _append(on_wire: asyncio.Future | None, timeout: float, event: dict[st
     fields, texts = audit_event_fields(**event)
     chain = fields["chain"]
     pool = pgpool.for_running_loop()
-    locks = pool.chain_locks
-    if len(locks) >= HEAD_HINTS_MAX:
-        locks.clear()  # a lock held now still works; at worst two appends race and one misses
-    lock = locks.get(chain)
-    if lock is None:
-        lock = locks[chain] = asyncio.Lock()
-    async with lock:
-        hint = services.usable_head_hint(chain)
-        if hint is not None:
-            statement = one_statement_append(chain, hint, fields, texts)
-            row = await _execute_on_loop(pool, chain, statement.params, on_wire, timeout)
-            if statement.applied(row) and row is not None:
-                return row[0]
-        # The server gives up waiting for the head's row lock after `timeout` and nothing commits;
-        # the hop's own limit, a second later, is the backstop for a database that stopped
-        # answering (an append the thread still finishes after it is in the trail, its call denied).
-        limit = timeout + 1
-        return (await _on_thread_bounded(chain, limit, _locking_append, fields, texts, timeout)).pk
+    queues = pool.chain_queues
+    queue = queues.get(chain)
+    if queue is None:
+        if len(queues) >= HEAD_HINTS_MAX:
+            queues.clear()  # a chain being written now still works; at worst two appends race and one misses
+        queue = queues[chain] = _ChainQueue()
+    pending = _Pending(fields, texts, on_wire, timeout)
+    if queue.busy:
+        return await _wait_turn(queue, pool, pending)
+    queue.busy = True
+    return await _lead(queue, pool, [pending])
+
+
+# Group commit, per chain and event loop. One append at a time goes to the database for a chain:
+# its statement builds on the head the one before it left, and a second statement in flight would
+# miss. Appends that arrive meanwhile queue; when the statement returns, the first of them writes
+# all those queued (up to BATCH_MAX) in one statement, one transaction: one commit and one WAL
+# flush for all. Without this, a database that stalls for 30 ms (a slow fsync, the host's other
+# work) leaves a backlog that clears one round trip per event, and each queued call waits for all
+# of them; with it, the backlog clears in one round trip. An append that finds nobody writing
+# goes alone, as before; nothing waits to gather a batch.
+BATCH_MAX = 16
+
+
+class _ChainQueue:
+    __slots__ = ("busy", "waiting")
+
+    def __init__(self) -> None:
+        self.busy = False  # an append of this chain is in flight (its writer hands over when done)
+        self.waiting: collections.deque[_Pending] = collections.deque()
+
+
+class _Pending:
+    __slots__ = ("fields", "on_wire", "taken", "texts", "timeout", "turn")
+
+    def __init__(self, fields: dict[str, Any], texts: dict[str, str], on_wire: asyncio.Future | None, timeout: float):
+        self.fields, self.texts, self.on_wire, self.timeout = fields, texts, on_wire, timeout
+        # For a queued append: the event's id once written in another's batch, its error, or
+        # _YOUR_TURN when this caller is to write the queue.
+        self.turn: asyncio.Future | None = None
+        self.taken = False  # in a batch being written: its caller no longer decides its fate
+
+
+_YOUR_TURN = object()
+
+
+async def _wait_turn(queue: _ChainQueue, pool: pgpool.AsyncPgPool, pending: _Pending) -> int:
+    pending.turn = turn = asyncio.get_running_loop().create_future()
+    queue.waiting.append(pending)
+    try:
+        outcome = await turn  # an AuditWriteError set by the batch that held it is raised here
+    except asyncio.CancelledError:
+        if not pending.taken:  # not sent: it is simply not written
+            with contextlib.suppress(ValueError):  # _pass_on may have dropped it already
+                queue.waiting.remove(pending)
+            if turn.done() and not turn.cancelled() and turn.result() is _YOUR_TURN:
+                _pass_on(queue)  # handed the queue as it was cancelled: the next one writes
+        raise
+    if outcome is not _YOUR_TURN:
+        return outcome
+    queue.waiting.remove(pending)  # first in line: this caller writes the queue, its own event first
+    batch = [pending]
+    while queue.waiting and len(batch) < BATCH_MAX:
+        member = queue.waiting.popleft()
+        if member.turn is not None and not member.turn.done():  # else its caller was cancelled
+            batch.append(member)
+    for member in batch:
+        member.taken = True
+    return await _lead(queue, pool, batch)
+
+
+def _pass_on(queue: _ChainQueue) -> None:
+    """The chain's append is done: wake the first waiting append to write the queue, or go idle."""
+    while queue.waiting:
+        turn = queue.waiting[0].turn
+        if turn is not None and not turn.done():
+            turn.set_result(_YOUR_TURN)
+            return
+        queue.waiting.popleft()  # its caller was cancelled; its own handler has let go of it
+    queue.busy = False
+
+
+async def _lead(queue: _ChainQueue, pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> int:
+    """Write `batch` (the caller's own event first), then hand the chain on. A batch of others'
+    events is written in a task of its own, so that cancelling this caller (an agent hanging up)
+    neither fails nor leaves unknown the events of the calls that queued behind it."""
+    if len(batch) == 1:
+        try:
+            return await _write_alone(pool, batch[0])
+        finally:
+            _pass_on(queue)
+    task = asyncio.ensure_future(_write_batch(pool, batch))
+    task.add_done_callback(functools.partial(_batch_done, queue))
+    return await asyncio.shield(task)
+
+
+def _batch_done(queue: _ChainQueue, task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: its leader may be gone, and the members have heard of it
+    _pass_on(queue)
+
+
+async def _write_alone(pool: pgpool.AsyncPgPool, pending: _Pending) -> int:
+    fields, texts, timeout = pending.fields, pending.texts, pending.timeout
+    chain = fields["chain"]
+    hint = services.usable_head_hint(chain)
+    if hint is not None:
+        statement = one_statement_append(chain, hint, fields, texts)
+        sql, name, params = _dollar_sql(), _STATEMENT_NAME, statement.params
+        row = await _execute_on_loop(pool, chain, sql, name, params, pending.on_wire, timeout)
+        if statement.applied(row) and row is not None and row[0] is not None:
+            return int(row[0])
+    return (await _locked_append(chain, fields, texts, timeout)).pk
+
+
+async def _locked_append(chain: str, fields: dict[str, Any], texts: dict[str, str], timeout: float) -> AuditEvent:
+    # The server gives up waiting for the head's row lock after `timeout` and nothing commits;
+    # the hop's own limit, a second later, is the backstop for a database that stopped answering
+    # (an append the thread still finishes after it is in the trail, its call denied).
+    return await _on_thread_bounded(chain, timeout + 1, _locking_append, fields, texts, timeout)
+
+
+async def _write_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> int:
+    """Append `batch` in chain order; settle the queued members' turns and return the first's id
+    (or raise its error)."""
+    try:
+        results = await _append_batch(pool, batch)
+    except BaseException as exc:  # a cancellation at shutdown too: every member must hear
+        _settle(batch[1:], [exc] * (len(batch) - 1))
+        if isinstance(exc, Exception) and not isinstance(exc, AuditWriteError):
+            raise AuditWriteError(f"audit write failed: {exc!r}") from exc
+        raise
+    _settle(batch[1:], results[1:])
+    first = results[0]
+    if isinstance(first, BaseException):
+        raise first
+    return first
+
+
+def _settle(members: list[_Pending], results: list[int | BaseException]) -> None:
+    for member, result in zip(members, results, strict=True):
+        turn = member.turn
+        if turn is None or turn.done():  # its caller was cancelled after it was taken
+            continue
+        if isinstance(result, int):
+            turn.set_result(result)
+        elif isinstance(result, AuditWriteError):
+            turn.set_exception(AuditWriteError(str(result)))  # one instance each: tracebacks stay apart
+        else:
+            turn.set_exception(AuditWriteError(f"audit write failed: {result!r}"))
+
+
+async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list[int | BaseException]:
+    chain = batch[0].fields["chain"]
+    hint = services.usable_head_hint(chain)
+    if hint is not None:
+        statement = batch_append(chain, hint, [(member.fields, member.texts) for member in batch])
+        wires = [member.on_wire for member in batch if member.on_wire is not None]
+        on_wire = None
+        if wires:
+            on_wire = asyncio.get_running_loop().create_future()
+            on_wire.add_done_callback(functools.partial(_resolve_all, wires))
+        timeout = min(member.timeout for member in batch)
+        sql, name = _batch_sql(len(batch))
+        row = await _execute_on_loop(pool, chain, sql, name, statement.params, on_wire, timeout)
+        ids = statement.applied(row)
+        if ids is not None:
+            if len(ids) != len(batch):  # cannot happen: the insert is all or nothing
+                forget_head_hint(chain)
+                raise AuditWriteError(f"audit batch wrote {len(ids)} events of {len(batch)}")
+            return list(ids)
+    # A chain another process wrote, or its first event: each through the locking append, in order.
+    results: list[int | BaseException] = []
+    for member in batch:
+        try:
+            results.append((await _locked_append(chain, member.fields, member.texts, member.timeout)).pk)
+        except AuditWriteError as exc:  # what the locking append raises; each event stands alone here
+            results.append(exc)
+    return results
+
+
+def _resolve_all(futures: list[asyncio.Future], _done: asyncio.Future) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 async def _on_thread_bounded(chain: str, limit: float, fn: Callable[..., AuditEvent], *args: Any) -> AuditEvent:
@@ -105,8 +283,14 @@ async def _on_thread_bounded(chain: str, limit: float, fn: Callable[..., AuditEv
 
 
 async def _execute_on_loop(
-    pool: pgpool.AsyncPgPool, chain: str, params: list[Any], on_wire: asyncio.Future | None, timeout: float
-) -> tuple | None:
+    pool: pgpool.AsyncPgPool,
+    chain: str,
+    sql: bytes,
+    name: bytes,
+    params: list[Any],
+    on_wire: asyncio.Future | None,
+    timeout: float,
+) -> tuple[str | None, int, str] | None:
     """The one statement, bounded by `timeout` (waiting for a connection included): a chain head
     locked elsewhere (audit_truncate, a stuck transaction) or a database that stopped answering
     fails the append, so the call is denied, instead of holding it and a pooled connection
@@ -122,7 +306,7 @@ async def _execute_on_loop(
             raise AuditWriteError(f"audit write failed: no database connection: {exc!r}") from exc
     try:
         async with asyncio.timeout(timeout):
-            raw = await _fetch(pool, pooled, params, on_wire)
+            raw = await _fetch(pool, pooled, sql, name, params, on_wire)
     except BaseException as exc:
         # Written or not is unknown (a cancel or timeout mid-statement, a connection lost after
         # sending): forget the hint, so the next append takes the lock and learns the real head.
@@ -139,8 +323,8 @@ async def _execute_on_loop(
     await pool.release(pooled)
     if raw is None:
         return None
-    event_id, seq, last_hash = raw
-    return (None if event_id is None else int(event_id), int(seq or 0), (last_hash or b"").decode())
+    event_ids, seq, last_hash = raw  # event_ids: one id, or a batch's ids comma-separated
+    return (None if event_ids is None else event_ids.decode(), int(seq or 0), (last_hash or b"").decode())
 
 
 # invalid_sql_statement_name, duplicate_prepared_statement: a pooler in transaction mode moved
@@ -149,12 +333,17 @@ _PREPARED_STATEMENT_GONE = frozenset({"26000", "42P05"})
 
 
 async def _fetch(
-    pool: pgpool.AsyncPgPool, pooled: pgpool.PooledConnection, params: list[Any], on_wire: asyncio.Future | None
+    pool: pgpool.AsyncPgPool,
+    pooled: pgpool.PooledConnection,
+    sql: bytes,
+    name: bytes,
+    params: list[Any],
+    on_wire: asyncio.Future | None,
 ) -> tuple[bytes | None, ...] | None:
     if not pool.prepared:
-        return await pooled.fetch_row(_dollar_sql(), params, on_wire=on_wire)
+        return await pooled.fetch_row(sql, params, on_wire=on_wire)
     try:
-        return await pooled.fetch_row(_dollar_sql(), params, name=_STATEMENT_NAME, on_wire=on_wire)
+        return await pooled.fetch_row(sql, params, name=name, on_wire=on_wire)
     except pgpool.StatementError as exc:
         if exc.sqlstate not in _PREPARED_STATEMENT_GONE:
             raise
@@ -167,7 +356,7 @@ async def _fetch(
         "PostgreSQL lost a prepared statement (a pooler in transaction mode?): audit appends go"
         " unprepared from now on; set BEHAVRY_DB_PREPARED_STATEMENTS=false to start that way"
     )
-    return await pooled.fetch_row(_dollar_sql(), params, on_wire=on_wire)
+    return await pooled.fetch_row(sql, params, on_wire=on_wire)
 
 
 async def _cancel_on_server(pooled: pgpool.PooledConnection) -> None:
@@ -183,7 +372,17 @@ _STATEMENT_NAME = b"behavry_audit_append"
 @functools.lru_cache(maxsize=1)
 def _dollar_sql() -> bytes:
     """one_statement_sql() with libpq's numbered placeholders."""
-    parts = one_statement_sql().split("%s")
+    return _numbered(one_statement_sql())
+
+
+@functools.lru_cache(maxsize=BATCH_MAX)
+def _batch_sql(size: int) -> tuple[bytes, bytes]:
+    """batch_statement_sql(size) with numbered placeholders, and its prepared statement's name."""
+    return _numbered(batch_statement_sql(size)), _STATEMENT_NAME + b"_%d" % size
+
+
+def _numbered(sql: str) -> bytes:
+    parts = sql.split("%s")
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)).encode() + parts[-1].encode()
 
 

@@ -273,6 +273,25 @@ def one_statement_sql() -> str:
     )
 
 
+@lru_cache(maxsize=32)
+def batch_statement_sql(size: int) -> str:
+    """one_statement_sql() for `size` events in a row on one chain: the head moves from (seq,
+    hash) to (seq + size, the last event's hash) and all are inserted, or none. One transaction,
+    so one commit (one WAL flush) for all of them. The last SELECT's first column lists the new
+    ids in chain order, comma-separated."""
+    casts = ", ".join(f"%s::{_cast_type(name)}" for name in _EVENT_COLUMNS)
+    rows = ", ".join([f"({casts})"] * size)
+    return (
+        "WITH moved AS ("  # noqa: S608 - column names and types come from the model, never input
+        f" UPDATE audit_auditchainhead SET seq = seq + {int(size)}, last_hash = %s, signature = %s, updated_at = %s"
+        " WHERE chain = %s AND seq = %s AND last_hash = %s RETURNING seq"
+        f"), ins AS (INSERT INTO audit_auditevent ({', '.join(_EVENT_COLUMNS)})"
+        f" SELECT batch.* FROM moved, (VALUES {rows}) AS batch RETURNING id, seq)"
+        " SELECT (SELECT string_agg(id::text, ',' ORDER BY seq) FROM ins), seq, last_hash"
+        " FROM audit_auditchainhead WHERE chain = %s"
+    )
+
+
 def _cast_type(column: str) -> str:
     # Strings as text, not varchar(n): an explicit cast to varchar(n) truncates silently, while
     # storing text in a varchar(n) column refuses a value too long, as a plain INSERT does.
@@ -362,6 +381,41 @@ def one_statement_append(
     params += [values[name] for name in HASHED_FIELDS]
     params += [previous_hash, digest, chain]
     return OneStatementAppend(chain, seq, timestamp, digest, params)
+
+
+@dataclass
+class BatchAppend:
+    """The parameters of batch_statement_sql() for the events after `hint`, and reading its result."""
+
+    chain: str
+    last: OneStatementAppend  # the last event: where the head moves to
+    params: list[Any]
+
+    def applied(self, row: tuple | None) -> list[int] | None:
+        """The new ids in chain order if the statement appended (the hint then moves on), else
+        None; a miss marks the chain contended, as OneStatementAppend.applied does."""
+        if row is not None and row[0] is not None:
+            _remember_head(self.chain, self.last.seq, self.last.digest)
+            return [int(part) for part in str(row[0]).split(",")]
+        if row is not None:
+            _bounded_put(_contended_until, self.chain, time.monotonic() + CONTENDED_SECONDS)
+        return None
+
+
+def batch_append(chain: str, hint: tuple[int, str], events: list[tuple[dict[str, Any], dict[str, str]]]) -> BatchAppend:
+    """Chain `events` (fields and texts, as audit_event_fields() returns them) one after the other
+    onto `hint`: each is hashed onto the one before, and timestamps increase along the chain."""
+    rows: list[Any] = []
+    head = hint
+    statement = None
+    for fields, texts in events:
+        statement = one_statement_append(chain, head, fields, texts)
+        rows += statement.params[6:-1]  # the event's columns, as in one_statement_sql()
+        head = (statement.seq, statement.digest)
+    assert statement is not None, "a batch holds at least one event"
+    params: list[Any] = [statement.digest, head_signature(chain, statement.seq, statement.digest)]
+    params += [timestamp_text(statement.timestamp), chain, hint[0], hint[1], *rows, chain]
+    return BatchAppend(chain, statement, params)
 
 
 def locking_append(fields: dict[str, Any], texts: dict[str, str], *, lock_timeout: float | None = None) -> AuditEvent:

@@ -188,8 +188,8 @@ class AsyncPgPool:
         # hands each transaction to any backend, which would not know the statement. audit/aio.py
         # also turns them off when the server says a statement it prepared is gone.
         self.prepared = prepared
-        # chain -> asyncio.Lock, for audit/aio.py: locks belong to this pool's loop and go with it.
-        self.chain_locks: dict[str, asyncio.Lock] = {}
+        # chain -> its append queue, for audit/aio.py: they belong to this pool's loop and go with it.
+        self.chain_queues: dict[str, Any] = {}
         self._max_size = max_size
         self._max_age = max_age
         self._idle: list[PooledConnection] = []

@@ -369,6 +369,164 @@ async def test_connections_older_than_the_max_age_are_replaced():
     await pool.close()
 
 
+# --- group commit: appends queued behind one in flight ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def queued_behind_a_blocked_append(agent, tools, *, hold: float = 10):
+    """One append of `agent` in flight and blocked on its head row (locked elsewhere), and one
+    more append per name in `tools` queued behind it, in that order. Yields the queued tasks; the
+    lock goes when the block ends."""
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))  # the hint is known: the one-statement path
+    async with head_locked_elsewhere(agent, hold):
+        first = asyncio.ensure_future(audit_record_async(**event(agent, tool="first")))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # in flight, waiting on the row lock
+        queued = []
+        for tool in tools:
+            queued.append(asyncio.ensure_future(audit_record_async(**event(agent, tool=tool))))
+            await asyncio.sleep(0)  # queued in this order
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in queued)
+        yield queued
+    await first
+
+
+def batch_sizes(monkeypatch) -> list[int]:
+    from audit import aio
+
+    sizes: list[int] = []
+    real = aio.batch_append
+
+    def counting(chain, hint, events):
+        sizes.append(len(events))
+        return real(chain, hint, events)
+
+    monkeypatch.setattr(aio, "batch_append", counting)
+    return sizes
+
+
+def stored_in_chain_order(agent) -> list[tuple[int, str, str]]:
+    """(id, tool, xmin) per event: xmin is the inserting transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, tool, xmin::text FROM audit_auditevent WHERE chain = %s ORDER BY seq", [f"agent:{agent.pk}"]
+        )
+        rows = cursor.fetchall()
+    connections.close_all()
+    return rows
+
+
+@pytest.mark.postgres
+async def test_appends_queued_behind_one_in_flight_commit_together_in_their_order(monkeypatch):
+    agent = await in_thread(AgentFactory)
+    sizes = batch_sizes(monkeypatch)
+    tools = [f"queued-{n}" for n in range(10)]
+    async with queued_behind_a_blocked_append(agent, tools) as queued:
+        pass
+    ids = await asyncio.gather(*queued)
+    assert sizes == [10]  # one statement for the ten
+    rows = await in_thread(stored_in_chain_order, agent)
+    assert [tool for _id, tool, _xmin in rows] == ["echo", "echo", "first", *tools]
+    assert [row[0] for row in rows[3:]] == ids  # each caller got its own event's id
+    assert len({xmin for _id, _tool, xmin in rows[3:]}) == 1  # one transaction, one commit
+    await in_thread(assert_chain_intact, agent, 13)
+    await audit_record_async(**event(agent))  # and the chain goes on from the batch's head
+    await in_thread(assert_chain_intact, agent, 14)
+
+
+@pytest.mark.postgres
+async def test_a_batch_holds_at_most_batch_max_and_the_rest_follow(monkeypatch):
+    from audit.aio import BATCH_MAX
+
+    agent = await in_thread(AgentFactory)
+    sizes = batch_sizes(monkeypatch)
+    async with queued_behind_a_blocked_append(agent, [f"q{n}" for n in range(BATCH_MAX + 3)]) as queued:
+        pass
+    await asyncio.gather(*queued)
+    assert sizes == [BATCH_MAX, 3]
+    await in_thread(assert_chain_intact, agent, 3 + BATCH_MAX + 3)
+
+
+@pytest.mark.postgres
+async def test_an_append_cancelled_while_queued_is_not_written_and_the_others_are(monkeypatch):
+    agent = await in_thread(AgentFactory)
+    async with queued_behind_a_blocked_append(agent, ["a", "gone", "b"]) as (a, gone, b):
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    assert await a and await b
+    rows = await in_thread(stored_in_chain_order, agent)
+    assert [tool for _id, tool, _xmin in rows] == ["echo", "echo", "first", "a", "b"]
+    await in_thread(assert_chain_intact, agent, 5)
+
+
+@pytest.mark.postgres
+async def test_cancelling_the_caller_that_writes_a_batch_fails_none_of_it(monkeypatch):
+    """The first queued caller writes the batch. An agent hanging up on that call must not fail,
+    or leave unknown, the events of the calls that queued behind it: the batch runs on."""
+    from audit import aio
+
+    agent = await in_thread(AgentFactory)
+    writing = asyncio.Event()
+    real = aio._execute_on_loop
+
+    async def slow_batches(pool, chain, sql, name, params, on_wire, timeout):
+        if name != aio._STATEMENT_NAME:  # a batch
+            writing.set()
+            await asyncio.sleep(0.3)
+        return await real(pool, chain, sql, name, params, on_wire, timeout)
+
+    monkeypatch.setattr(aio, "_execute_on_loop", slow_batches)
+    async with queued_behind_a_blocked_append(agent, ["leader", "b", "c"]) as (leader, b, c):
+        pass
+    await asyncio.wait_for(writing.wait(), 10)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert isinstance(await b, int) and isinstance(await c, int)
+    rows = await in_thread(stored_in_chain_order, agent)
+    assert [tool for _id, tool, _xmin in rows] == ["echo", "echo", "first", "leader", "b", "c"]
+    await audit_record_async(**event(agent))  # the chain was handed on once the batch finished
+    await in_thread(assert_chain_intact, agent, 7)
+
+
+@pytest.mark.postgres
+async def test_a_refused_batch_fails_each_of_its_events_and_the_chain_recovers():
+    agent = await in_thread(AgentFactory)
+    await in_thread(audit_insert_trigger, when="NEW.tool IN ('x', 'y')", pg="RAISE EXCEPTION 'refused by test'")
+    try:
+        async with queued_behind_a_blocked_append(agent, ["x", "y"]) as queued:
+            pass
+        results = await asyncio.gather(*queued, return_exceptions=True)
+    finally:
+        await in_thread(drop_audit_insert_trigger)
+    assert all(isinstance(result, AuditWriteError) and "refused by test" in str(result) for result in results)
+    await audit_record_async(**event(agent))
+    await in_thread(assert_chain_intact, agent, 4)  # two, "first", and the one after: none of x, y
+
+
+async def test_a_batch_on_a_chain_another_writer_moved_falls_back_to_one_locking_append_each(monkeypatch):
+    """The hint is stale (another process wrote): the batch statement inserts nothing and each of
+    its events goes through the locking append, in order. Both backends: on SQLite every append
+    is the locking one, queued on its database thread."""
+    agent = await in_thread(AgentFactory)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    services._head_hints[f"agent:{agent.pk}"] = (2, "0" * 64)  # as if another process had appended
+    tasks = [asyncio.ensure_future(audit_record_async(**event(agent, tool=f"t{n}"))) for n in range(6)]
+    ids = await asyncio.gather(*tasks)
+    rows = await in_thread(stored_in_chain_order_any, agent)
+    assert rows[2:] == [f"t{n}" for n in range(6)]
+    assert len(set(ids)) == 6
+    await in_thread(assert_chain_intact, agent, 8)
+
+
+def stored_in_chain_order_any(agent) -> list[str]:
+    return list(AuditEvent.objects.filter(chain=f"agent:{agent.pk}").order_by("seq").values_list("tool", flat=True))
+
+
 def refuse_audit_inserts(on: bool) -> None:
     """A real failure of the audit write: the database refuses every new event (both backends)."""
     if on:

@@ -1,4 +1,5 @@
 from tests.proxy.conftest import (  # noqa: F401 - shared live-Behavry fixtures
+    _django_db_helper,
     _fresh_proxy_caches,
     agent,
     agent_and_token,

@@ -26,6 +26,23 @@ from proxy.identity import clear_caches
 from proxy.services import upstream_server_create
 from tests.conftest import TEST_ACTOR, free_port
 
+# The in-process servers running now (behavry_url), for _django_db_helper below.
+_servers: list[uvicorn.Server] = []
+
+
+@pytest.fixture
+def _django_db_helper(_django_db_helper):
+    """pytest-django's database fixture, wrapped: before it empties the database after a test,
+    wait (up to 2 s) until the in-process server has no request running and no audit append in
+    flight. A call's last audit write may follow its answer (proxy/hold.py records a held call's
+    outcome right after answering); a flush that runs into it deadlocks with it."""
+    yield _django_db_helper
+    from audit.aio import appends_in_flight
+
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and (appends_in_flight or any(s.server_state.tasks for s in _servers)):
+        time.sleep(0.005)
+
 
 @pytest.fixture(scope="session")
 def behavry_url(django_db_blocker):
@@ -43,6 +60,7 @@ def behavry_url(django_db_blocker):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    _servers.append(server)
     deadline = time.monotonic() + 15
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -57,6 +75,7 @@ def behavry_url(django_db_blocker):
     asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loops[0]).result(10)
     server.should_exit = True
     thread.join(10)
+    _servers.remove(server)
     # On PostgreSQL the proxy also keeps a connection in each database pool thread
     # (behavry/dbthreads.py) and the audit append's pool on the server's loop (behavry/pgpool.py),
     # which nothing here can reach to close: end them server-side.

@@ -244,7 +244,14 @@ async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list
             on_wire.add_done_callback(functools.partial(_resolve_all, wires))
         timeout = min(member.timeout for member in batch)
         sql, name = _batch_sql(len(batch))
-        row = await _execute_on_loop(pool, chain, sql, name, statement.params, on_wire, timeout)
+        try:
+            row = await _execute_on_loop(pool, chain, sql, name, statement.params, on_wire, timeout)
+        except AuditWriteError as exc:
+            if not _refused_for_its_values(exc):
+                raise
+            # One event the server will not store (a value out of range, a constraint) must not
+            # take the others down: each goes alone below, and only that one fails.
+            row = None
         ids = statement.applied(row)
         if ids is not None:
             if len(ids) != len(batch):  # cannot happen: the insert is all or nothing
@@ -259,6 +266,13 @@ async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list
         except AuditWriteError as exc:  # what the locking append raises; each event stands alone here
             results.append(exc)
     return results
+
+
+def _refused_for_its_values(exc: AuditWriteError) -> bool:
+    """The server refused the statement for what it held: a data exception (SQLSTATE class 22)
+    or an integrity violation (23), not a failure of the database or the connection."""
+    cause = exc.__cause__
+    return isinstance(cause, pgpool.StatementError) and cause.sqlstate[:2] in ("22", "23")
 
 
 def _resolve_all(futures: list[asyncio.Future], _done: asyncio.Future) -> None:

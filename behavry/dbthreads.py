@@ -88,9 +88,9 @@ def refresh_ahead(key: tuple[Hashable, ...], fn: Callable[..., Any], *args: Any)
     the cache in logs, the rest identifies the entry.
 
     For the per-process caches the tool-call path reads (proxy/identity.py, proxy/classify.py,
-    policies/engine.py): a hit past half its lifetime is still served, and this re-reads it, so
+    policies/engine.py): a hit late in its lifetime is still served, and this re-reads it, so
     that under steady traffic no request waits for a database thread to renew a cache. Only
-    entries that nobody used for half a lifetime are read on the request path. A failed refresh
+    entries that nobody used for a quarter of a lifetime are read on the request path. A failed refresh
     is logged; the entry then expires and the request path reads it itself, failing closed if the
     database is down, as it would without this."""
     try:

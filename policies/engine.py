@@ -30,7 +30,7 @@ from django.utils import timezone
 DEFAULT_DENY = "default.deny"
 # How often a process checks the policy version. A database thread checks before using an engine
 # older than this; the event loop goes on using one up to twice as old while a check runs in the
-# background (_EngineCache.peek). Either way, changes apply within 1 s.
+# background from 1.5 times as old (_EngineCache.peek). Either way, changes apply within 1 s.
 REFRESH_SECONDS = 0.5
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MISSING = object()
@@ -395,13 +395,13 @@ class _EngineCache:
 
     def peek(self) -> PolicyEngine | None:
         """For the event loop, which must not touch the database: the engine if it was checked
-        less than REFRESH_SECONDS ago; if less than twice that, the engine too, and a check starts
-        on a database thread in the background; else None (the caller decides on a thread)."""
+        less than 1.5 REFRESH_SECONDS ago; if less than twice that, the engine too, and a check
+        starts on a database thread in the background; else None (the caller decides on a thread)."""
         engine = self._engine
         if engine is None:
             return None
         age = time.monotonic() - self._checked_at
-        if age < REFRESH_SECONDS:
+        if age < 1.5 * REFRESH_SECONDS:  # a check is a database thread hop: not sooner than needed
             return engine
         if age < 2 * REFRESH_SECONDS:
             from behavry.dbthreads import refresh_ahead  # Django's database layer; not for the pure engine

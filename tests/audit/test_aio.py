@@ -507,6 +507,29 @@ async def test_a_refused_batch_fails_each_of_its_events_and_the_chain_recovers()
     await in_thread(assert_chain_intact, agent, 4)  # two, "first", and the one after: none of x, y
 
 
+@pytest.mark.postgres
+async def test_an_event_the_server_refuses_for_its_values_fails_alone_not_its_batch():
+    """One event a constraint refuses (SQLSTATE 23514 here) sinks the batch statement; its
+    neighbours are then written one by one, and only it fails."""
+    agent = await in_thread(AgentFactory)
+    await in_thread(
+        audit_insert_trigger,
+        when="NEW.tool = 'poison'",
+        pg="RAISE EXCEPTION 'refused by test' USING ERRCODE = 'check_violation'",
+    )
+    try:
+        async with queued_behind_a_blocked_append(agent, ["a", "poison", "b"]) as queued:
+            pass
+        a, poison, b = await asyncio.gather(*queued, return_exceptions=True)
+    finally:
+        await in_thread(drop_audit_insert_trigger)
+    assert isinstance(a, int) and isinstance(b, int)
+    assert isinstance(poison, AuditWriteError) and "refused by test" in str(poison)
+    rows = await in_thread(stored_in_chain_order, agent)
+    assert [tool for _id, tool, _xmin in rows] == ["echo", "echo", "first", "a", "b"]
+    await in_thread(assert_chain_intact, agent, 5)
+
+
 async def test_a_batch_on_a_chain_another_writer_moved_falls_back_to_one_locking_append_each(monkeypatch):
     """The hint is stale (another process wrote): the batch statement inserts nothing and each of
     its events goes through the locking append, in order. Both backends: on SQLite every append

@@ -58,12 +58,12 @@ def test_a_read_that_began_before_a_clear_is_not_stored(clock):
     assert cache.get("k") == (False, None)
 
 
-async def test_a_hit_starts_a_background_reload_only_past_half_its_lifetime(clock):
+async def test_a_hit_starts_a_background_reload_only_late_in_its_lifetime(clock):
     cache = identity.TTLCache("test", lambda: 1.0)
     reloads = []
     cache.put("k", "v", cache.read_started())
 
-    clock.now += 0.49
+    clock.now += identity.REFRESH_AHEAD - 0.01
     assert cache.get("k", reloads.append, "k") == (True, "v")
     await dbthreads.refreshes_settled()
     assert reloads == []
@@ -81,7 +81,7 @@ def test_off_the_event_loop_a_hit_starts_no_reload(clock):
     cache = identity.TTLCache("test", lambda: 1.0)
     reloads = []
     cache.put("k", "v", cache.read_started())
-    clock.now += 0.7
+    clock.now += 0.9
     assert cache.get("k", reloads.append, "k") == (True, "v")
     assert reloads == [] and refreshes_running() == 0
 
@@ -93,12 +93,12 @@ async def test_a_failed_background_reload_is_logged_and_the_entry_expires_as_bef
     def database_down(_key):
         raise OSError("connection refused")
 
-    clock.now += 0.6
+    clock.now += 0.8
     with caplog.at_level(logging.WARNING, logger="behavry.proxy"):
         assert cache.get("k", database_down, "k") == (True, "v")
         await dbthreads.refreshes_settled()
     assert "background refresh of test failed" in caplog.text
-    clock.now += 0.4
+    clock.now += 0.2
     assert cache.get("k", database_down, "k") == (False, None)  # the request path reads, and fails closed
 
 
@@ -109,14 +109,14 @@ async def test_a_suspension_reaches_a_busy_agent_through_the_background_reload(c
     assert (await run_in_thread(identity_for_token, token)).active
     await run_in_thread(agent_suspend, agent=agent, reason="test", by=TEST_ACTOR)
 
-    clock.now += 0.6  # within the bound the cached identity may still be served...
+    clock.now += 0.8  # within the bound the cached identity may still be served...
     hit, seen = cached_identity(token)
     assert hit and seen.active
     await dbthreads.refreshes_settled()
     hit, seen = cached_identity(token)  # ...and the reload it started has read the suspension
     assert hit and not seen.active
 
-    clock.now += 0.5  # 1.1 s after the first read: the reload renewed the entry
+    clock.now += 0.5  # 1.3 s after the first read: the reload renewed the entry
     assert cached_identity(token)[0]
 
 
@@ -124,7 +124,7 @@ async def test_a_revoked_token_is_unknown_after_the_background_reload(clock, age
     """The outsider: a token revoked while its agent is busy stops working within the bound."""
     assert await run_in_thread(identity_for_token, token) is not None
     await run_in_thread(agent_token_revoke, token=await run_in_thread(lambda: agent.tokens.get()), by=TEST_ACTOR)
-    clock.now += 0.6
+    clock.now += 0.8
     cached_identity(token)
     await dbthreads.refreshes_settled()
     assert cached_identity(token) == (True, None)
@@ -135,7 +135,7 @@ async def test_a_disabled_upstream_is_gone_after_the_background_reload(clock, de
 
     assert (await run_in_thread(target_for_slug, "demo")).id == demo_server.pk
     await run_in_thread(upstream_server_update, server=demo_server, enabled=False, by=TEST_ACTOR)
-    clock.now += 0.6
+    clock.now += 0.8
     assert cached_target("demo")[1] is not None
     await dbthreads.refreshes_settled()
     assert cached_target("demo") == (True, None)
@@ -146,9 +146,13 @@ async def test_a_disabled_upstream_is_gone_after_the_background_reload(clock, de
 
 @pytest.mark.usefixtures("starter_policies")
 async def test_steady_traffic_never_waits_for_a_cache_refresh(behavry_url, demo_server, token, monkeypatch):
-    """Calls every 0.1 s for 2.5 s cross the identity, upstream, catalog (1 s) and policy (0.5 s)
-    lifetimes several times. Every decision is made on the event loop from the caches, while the
-    caches are renewed behind the calls."""
+    """Calls every 0.1 s for 4 s cross the identity, upstream, catalog and policy lifetimes
+    several times. Every decision is made on the event loop from the caches, while the caches are
+    renewed behind the calls. (Lifetimes doubled, so that a slow machine's pause between two
+    calls does not outlast the last quarter of one.)"""
+    monkeypatch.setattr(identity, "CACHE_SECONDS", 2.0)
+    monkeypatch.setattr(classify_module, "_CACHE_SECONDS", 2.0)
+    monkeypatch.setattr(engine_module, "REFRESH_SECONDS", 1.0)
     reads = {"identity": 0, "tool": 0, "policy": 0}
 
     def counting(name, real):
@@ -175,8 +179,8 @@ async def test_steady_traffic_never_waits_for_a_cache_refresh(behavry_url, demo_
 
         monkeypatch.setattr(handlers, "decide_tool_call", recording)
         before = dict(reads)
-        for i in range(25):
+        for i in range(40):
             assert not (await client.call_tool("echo", {"message": str(i)})).is_error
             await asyncio.sleep(0.1)
-    assert paths == ["loop"] * 25
+    assert paths == ["loop"] * 40
     assert all(reads[name] - before[name] >= 2 for name in reads), (before, reads)

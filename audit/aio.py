@@ -24,7 +24,6 @@ from django.db import DatabaseError
 from audit import services
 from audit.models import AuditEvent
 from audit.services import (
-    HEAD_HINTS_MAX,
     AuditWriteError,
     audit_event_fields,
     audit_record,
@@ -82,10 +81,8 @@ async def _append(on_wire: asyncio.Future | None, timeout: float, event: dict[st
     pool = pgpool.for_running_loop()
     queues = pool.chain_queues
     queue = queues.get(chain)
-    if queue is None:
-        if len(queues) >= HEAD_HINTS_MAX:
-            queues.clear()  # a chain being written now still works; at worst two appends race and one misses
-        queue = queues[chain] = _ChainQueue()
+    if queue is None:  # nobody is appending to this chain here: it goes alone (_pass_on drops idle queues)
+        queue = queues[chain] = _ChainQueue(chain, queues)
     pending = _Pending(fields, texts, on_wire, timeout)
     if queue.busy:
         return await _wait_turn(queue, pool, pending)
@@ -105,9 +102,10 @@ BATCH_MAX = 16
 
 
 class _ChainQueue:
-    __slots__ = ("busy", "waiting")
+    __slots__ = ("busy", "chain", "owner", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, chain: str, owner: dict[str, Any]) -> None:
+        self.chain, self.owner = chain, owner  # the pool's table, which holds only chains in use
         self.busy = False  # an append of this chain is in flight (its writer hands over when done)
         self.waiting: collections.deque[_Pending] = collections.deque()
 
@@ -142,10 +140,16 @@ async def _wait_turn(queue: _ChainQueue, pool: pgpool.AsyncPgPool, pending: _Pen
         return outcome
     queue.waiting.remove(pending)  # first in line: this caller writes the queue, its own event first
     batch = [pending]
+    # A batch shares one timeout, so it takes only the run of queued appends with this one's: an
+    # outcome (60 s) must not be cancelled at a decision's timeout, nor a decision wait past its own.
     while queue.waiting and len(batch) < BATCH_MAX:
-        member = queue.waiting.popleft()
-        if member.turn is not None and not member.turn.done():  # else its caller was cancelled
-            batch.append(member)
+        member = queue.waiting[0]
+        if member.turn is None or member.turn.done():  # its caller was cancelled
+            queue.waiting.popleft()
+            continue
+        if member.timeout != pending.timeout:
+            break
+        batch.append(queue.waiting.popleft())
     for member in batch:
         member.taken = True
     return await _lead(queue, pool, batch)
@@ -160,25 +164,39 @@ def _pass_on(queue: _ChainQueue) -> None:
             return
         queue.waiting.popleft()  # its caller was cancelled; its own handler has let go of it
     queue.busy = False
+    if queue.owner.get(queue.chain) is queue:
+        del queue.owner[queue.chain]
 
 
 async def _lead(queue: _ChainQueue, pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> int:
-    """Write `batch` (the caller's own event first), then hand the chain on. A batch of others'
-    events is written in a task of its own, so that cancelling this caller (an agent hanging up)
-    neither fails nor leaves unknown the events of the calls that queued behind it."""
+    """Write `batch` (the caller's own event first), then hand the chain on. A batch of several
+    events is written in a task of its own, which settles each event as soon as its result is
+    known, so that cancelling this caller (an agent hanging up) neither fails nor leaves unknown
+    the events of the calls that queued behind it."""
     if len(batch) == 1:
         try:
             return await _write_alone(pool, batch[0])
         finally:
             _pass_on(queue)
-    task = asyncio.ensure_future(_write_batch(pool, batch))
-    task.add_done_callback(functools.partial(_batch_done, queue))
-    return await asyncio.shield(task)
+    loop = asyncio.get_running_loop()
+    mine = batch[0].turn = loop.create_future()  # settled like the others'
+    task = loop.create_task(_write_batch(pool, batch))
+    token = object()  # the batch may outlive every caller in it (tests wait for appends_in_flight)
+    appends_in_flight.add(token)
+    _batches.add(task)
+    task.add_done_callback(functools.partial(_batch_done, queue, token))
+    return await mine
 
 
-def _batch_done(queue: _ChainQueue, task: asyncio.Task) -> None:
+# Batches being written: the loop holds tasks only weakly.
+_batches: set[asyncio.Task] = set()
+
+
+def _batch_done(queue: _ChainQueue, token: object, task: asyncio.Task) -> None:
+    _batches.discard(task)
+    appends_in_flight.discard(token)
     if not task.cancelled():
-        task.exception()  # retrieved: its leader may be gone, and the members have heard of it
+        task.exception()  # retrieved: every member has heard of it already
     _pass_on(queue)
 
 
@@ -202,21 +220,14 @@ async def _locked_append(chain: str, fields: dict[str, Any], texts: dict[str, st
     return await _on_thread_bounded(chain, timeout + 1, _locking_append, fields, texts, timeout)
 
 
-async def _write_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> int:
-    """Append `batch` in chain order; settle the queued members' turns and return the first's id
-    (or raise its error)."""
+async def _write_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> None:
+    """Append `batch` in chain order; each member's turn gets its event's id or its error."""
     try:
-        results = await _append_batch(pool, batch)
+        await _append_batch(pool, batch)
     except BaseException as exc:  # a cancellation at shutdown too: every member must hear
-        _settle(batch[1:], [exc] * (len(batch) - 1))
-        if isinstance(exc, Exception) and not isinstance(exc, AuditWriteError):
-            raise AuditWriteError(f"audit write failed: {exc!r}") from exc
-        raise
-    _settle(batch[1:], results[1:])
-    first = results[0]
-    if isinstance(first, BaseException):
-        raise first
-    return first
+        _settle(batch, [exc] * len(batch))  # those not settled yet
+        if not isinstance(exc, Exception):
+            raise
 
 
 def _settle(members: list[_Pending], results: list[int | BaseException]) -> None:
@@ -232,7 +243,7 @@ def _settle(members: list[_Pending], results: list[int | BaseException]) -> None
             turn.set_exception(AuditWriteError(f"audit write failed: {result!r}"))
 
 
-async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list[int | BaseException]:
+async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> None:
     chain = batch[0].fields["chain"]
     hint = services.usable_head_hint(chain)
     if hint is not None:
@@ -242,10 +253,9 @@ async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list
         if wires:
             on_wire = asyncio.get_running_loop().create_future()
             on_wire.add_done_callback(functools.partial(_resolve_all, wires))
-        timeout = min(member.timeout for member in batch)
         sql, name = _batch_sql(len(batch))
         try:
-            row = await _execute_on_loop(pool, chain, sql, name, statement.params, on_wire, timeout)
+            row = await _execute_on_loop(pool, chain, sql, name, statement.params, on_wire, batch[0].timeout)
         except AuditWriteError as exc:
             if not _refused_for_its_values(exc):
                 raise
@@ -257,15 +267,17 @@ async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> list
             if len(ids) != len(batch):  # cannot happen: the insert is all or nothing
                 forget_head_hint(chain)
                 raise AuditWriteError(f"audit batch wrote {len(ids)} events of {len(batch)}")
-            return list(ids)
-    # A chain another process wrote, or its first event: each through the locking append, in order.
-    results: list[int | BaseException] = []
+            _settle(batch, list(ids))
+            return
+    # A chain another process wrote, or its first event: each through the locking append, in
+    # order, each caller answered as soon as its own event is written.
     for member in batch:
+        result: int | BaseException
         try:
-            results.append((await _locked_append(chain, member.fields, member.texts, member.timeout)).pk)
+            result = (await _locked_append(chain, member.fields, member.texts, member.timeout)).pk
         except AuditWriteError as exc:  # what the locking append raises; each event stands alone here
-            results.append(exc)
-    return results
+            result = exc
+        _settle([member], [result])
 
 
 def _refused_for_its_values(exc: AuditWriteError) -> bool:

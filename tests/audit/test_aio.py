@@ -530,6 +530,57 @@ async def test_an_event_the_server_refuses_for_its_values_fails_alone_not_its_ba
     await in_thread(assert_chain_intact, agent, 5)
 
 
+@pytest.mark.postgres
+async def test_appends_with_different_timeouts_do_not_share_a_batch(monkeypatch):
+    """A batch has one timeout. An outcome (60 s) batched with a decision (its 5 s) would be
+    cancelled at the decision's limit, after its answer had gone out; so a batch takes only the run
+    of queued appends that share the first one's timeout, in order."""
+    agent = await in_thread(AgentFactory)
+    sizes = batch_sizes(monkeypatch)
+    await audit_record_async(**event(agent))
+    await audit_record_async(**event(agent))
+    async with head_locked_elsewhere(agent):
+        first = asyncio.ensure_future(audit_record_async(**event(agent, tool="first")))
+        await asyncio.sleep(0.2)
+        queued = []
+        for tool, timeout in (("d1", 5), ("d2", 5), ("o1", 60), ("o2", 60), ("d3", 5)):
+            queued.append(asyncio.ensure_future(audit_record_async(timeout=timeout, **event(agent, tool=tool))))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+    await first
+    await asyncio.gather(*queued)
+    assert sizes == [2, 2]  # (d1, d2), (o1, o2); d3 alone
+    rows = await in_thread(stored_in_chain_order, agent)
+    assert [tool for _id, tool, _xmin in rows][3:] == ["d1", "d2", "o1", "o2", "d3"]
+    await in_thread(assert_chain_intact, agent, 8)
+
+
+@pytest.mark.postgres
+async def test_when_a_batch_goes_event_by_event_each_caller_hears_as_soon_as_its_own_is_written():
+    """The refused batch below is written event by event; the caller of a fast event is answered
+    when its event is written, not after the slow ones behind it."""
+    agent = await in_thread(AgentFactory)
+    await in_thread(
+        audit_insert_trigger,
+        when="NEW.tool IN ('poison', 'slow')",
+        pg="IF NEW.tool = 'poison' THEN RAISE EXCEPTION 'refused by test' USING ERRCODE = 'check_violation';"
+        " END IF; PERFORM pg_sleep(0.5)",
+    )
+    try:
+        async with queued_behind_a_blocked_append(agent, ["poison", "fast", "slow", "slow"]) as queued:
+            pass
+        poison, fast, *slow = queued
+        assert isinstance(await fast, int)
+        written = [tool for _id, tool, _xmin in await in_thread(stored_in_chain_order, agent)]
+        assert written.count("slow") < 2  # answered while the slow ones were still being written
+        await asyncio.gather(*slow)
+        with pytest.raises(AuditWriteError, match="refused by test"):
+            await poison
+    finally:
+        await in_thread(drop_audit_insert_trigger)
+    await in_thread(assert_chain_intact, agent, 6)
+
+
 async def test_a_batch_on_a_chain_another_writer_moved_falls_back_to_one_locking_append_each(monkeypatch):
     """The hint is stale (another process wrote): the batch statement inserts nothing and each of
     its events goes through the locking append, in order. Both backends: on SQLite every append

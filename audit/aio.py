@@ -68,8 +68,9 @@ async def audit_record_async(
             on_wire.set_result(None)
 
 
-# One token per append started in this process and not yet finished, on any event loop (set
-# operations are atomic under the GIL). Tests wait for it to empty before they empty the database.
+# One token per append started in this process and not yet finished (and each batch being written),
+# on any event loop; set operations are atomic under the GIL. Tests wait for it to empty before
+# they empty the database.
 appends_in_flight: set[object] = set()
 
 
@@ -181,20 +182,15 @@ async def _lead(queue: _ChainQueue, pool: pgpool.AsyncPgPool, batch: list[_Pendi
     loop = asyncio.get_running_loop()
     mine = batch[0].turn = loop.create_future()  # settled like the others'
     task = loop.create_task(_write_batch(pool, batch))
-    token = object()  # the batch may outlive every caller in it (tests wait for appends_in_flight)
-    appends_in_flight.add(token)
-    _batches.add(task)
-    task.add_done_callback(functools.partial(_batch_done, queue, token))
+    # In flight until written, even if every caller in it is gone; the set also keeps the task
+    # alive (the loop holds tasks only weakly).
+    appends_in_flight.add(task)
+    task.add_done_callback(functools.partial(_batch_done, queue))
     return await mine
 
 
-# Batches being written: the loop holds tasks only weakly.
-_batches: set[asyncio.Task] = set()
-
-
-def _batch_done(queue: _ChainQueue, token: object, task: asyncio.Task) -> None:
-    _batches.discard(task)
-    appends_in_flight.discard(token)
+def _batch_done(queue: _ChainQueue, task: asyncio.Task) -> None:
+    appends_in_flight.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved: every member has heard of it already
     _pass_on(queue)
@@ -263,10 +259,7 @@ async def _append_batch(pool: pgpool.AsyncPgPool, batch: list[_Pending]) -> None
             # take the others down: each goes alone below, and only that one fails.
             row = None
         ids = statement.applied(row)
-        if ids is not None:
-            if len(ids) != len(batch):  # cannot happen: the insert is all or nothing
-                forget_head_hint(chain)
-                raise AuditWriteError(f"audit batch wrote {len(ids)} events of {len(batch)}")
+        if ids is not None:  # the insert is all or nothing: one id per event, in chain order
             _settle(batch, list(ids))
             return
     # A chain another process wrote, or its first event: each through the locking append, in

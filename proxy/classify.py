@@ -33,7 +33,7 @@ def _catalog_row(server_id: int, tool: str, *, cached_only: bool = False) -> tup
     """(action, resource_argument) from the catalog, cached per process for at most a second
     (renewed in the background from the event loop, see TTLCache)."""
     key = (server_id, tool)
-    hit, value = _rows.get(key, _read_row, server_id, tool) if cached_only else _rows.get(key)
+    hit, value = _rows.get(key, _read_row, server_id, tool)  # renewal starts only on the event loop
     if hit:
         return value
     if cached_only:

@@ -9,15 +9,19 @@ every byte (JSON quoting, hashing) costs more instructions per microsecond than 
 dispatch, and cache misses and syscalls cost time but few instructions. Use this to compare
 versions of the code, and bench/proxy_overhead.py for what a call costs.
 
-Run:  .venv/bin/python bench/proxy_instructions.py [--calls 200] [--top 25] [--no-valgrind]
+Run:  .venv/bin/python bench/proxy_instructions.py [--calls 100] [--top 25] [--no-valgrind]
 
 Set-up: the same database, upstream and allow policy as bench/proxy_overhead.py (database
 `behavry_bench_proxy`, created if missing, migrated; the demo upstream on a free port). The calls go
 through McpEndpoint in one process, as proxy_overhead.py's in-process line does: the audit appends
 on the loop's own PostgreSQL connections, the upstream through proxy/http1.py, no HTTP server.
 
-Callgrind runs the process twice, with 0 and with --calls calls after the same warm-up (30 calls);
-the difference divided by --calls is the count per call, so start-up and warm-up cancel out. Under
+Callgrind runs the process twice, with --calls and with twice --calls calls after the same warm-up
+(30 calls); the difference divided by --calls is the count per call, so start-up, warm-up and
+anything done once on the first measured call cancel out. C functions are matched by name only:
+callgrind may name the object of the same OpenSSL code differently in two runs (libcrypto.so.3 in
+one, cryptography's _rust.abi3.so, which carries the same symbols, in the other), and matching by
+object put start-up work of ~80 M instructions at the top of the per-call list. Under
 callgrind a call takes about 50 times longer, so the per-process caches (identity and upstream 1 s,
 policy version 0.5 s, tool catalog 1 s) are made to last the run: otherwise every few calls would
 also count a refresh, which a server at 100 calls/s does a few times a second in all.
@@ -51,10 +55,12 @@ def child(token: str, calls: int, profile: str | None) -> None:
     django.setup()
     import policies.engine
     import proxy.classify
+    import proxy.generation
     import proxy.identity
     from proxy.endpoint import McpEndpoint
 
     proxy.identity.CACHE_SECONDS = policies.engine.REFRESH_SECONDS = proxy.classify._CACHE_SECONDS = 1e9
+    proxy.generation.BOUND_SECONDS = 1e9
     endpoint = McpEndpoint()
 
     async def run() -> None:
@@ -91,7 +97,7 @@ def callgrind(env: dict[str, str], token: str, calls: int, out: Path) -> int:
 
 
 def functions(out: Path) -> dict[str, int]:
-    """Exclusive instructions per C function (callgrind_annotate's listing)."""
+    """Exclusive instructions per C function name (callgrind_annotate's listing), over all objects."""
     text = subprocess.run(
         ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)], capture_output=True, text=True
     ).stdout
@@ -99,18 +105,17 @@ def functions(out: Path) -> dict[str, int]:
     for line in text.splitlines():
         match = re.match(r"\s*([\d,]+) \([^)]*\)\s+(\S.*?)(?: \[(.*)\])?$", line)
         if match and "PROGRAM TOTALS" not in line:
-            name = match.group(2).rsplit(":", 1)[-1]
-            where = Path(match.group(3) or "").name
-            key = f"{name} ({where})" if where else name
-            counts[key] = counts.get(key, 0) + int(match.group(1).replace(",", ""))
+            name = match.group(2).rsplit(":", 1)[-1].removesuffix("'2")  # recursion level, same function
+            counts[name] = counts.get(name, 0) + int(match.group(1).replace(",", ""))
     return counts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=200, help="measured calls (200)")
+    parser.add_argument("--calls", type=int, default=100, help="measured calls (100; callgrind runs 100 and 200)")
     parser.add_argument("--top", type=int, default=25, help="C functions and Python functions listed (25)")
     parser.add_argument("--no-valgrind", action="store_true", help="only the cProfile count")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files) and print it")
     parser.add_argument("--child", metavar="TOKEN", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -153,11 +158,11 @@ def main() -> None:
 
         if opts.no_valgrind:
             return
-        base_out, run_out = work / "callgrind.0", work / f"callgrind.{opts.calls}"
-        empty = callgrind(env, token, 0, base_out)
-        full = callgrind(env, token, opts.calls, run_out)
+        base_out, run_out = work / f"callgrind.{opts.calls}", work / f"callgrind.{2 * opts.calls}"
+        empty = callgrind(env, token, opts.calls, base_out)
+        full = callgrind(env, token, 2 * opts.calls, run_out)
         print(
-            f"\nInstructions per tool call (callgrind, {opts.calls} calls, start-up subtracted):"
+            f"\nInstructions per tool call (callgrind, {2 * opts.calls} calls minus {opts.calls}):"
             f" {(full - empty) / opts.calls:,.0f}"
         )
         before, after = functions(base_out), functions(run_out)
@@ -167,7 +172,10 @@ def main() -> None:
             print(f"  {count:10,.0f}  {name}")
     finally:
         po.stop_process(upstream)
-        shutil.rmtree(work, ignore_errors=True)
+        if opts.keep:
+            print(f"work directory kept: {work} (callgrind_annotate --tree=caller {work}/callgrind.N)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import tool_default_action, tool_resource_argument
+from proxy.generation import generation_watch
 from proxy.identity import TTLCache
 from proxy.models import Tool
 
@@ -21,7 +22,9 @@ class Classification:
     known_tool: bool
 
 
-_CACHE_SECONDS = 1.0  # like identities: an admin's reclassification applies within a second
+# Like identities: checked against the cache generation, so an admin's reclassification applies
+# within a second; the lifetime only bounds what a missing trigger could cost.
+_CACHE_SECONDS = 60.0
 _rows = TTLCache("tool", lambda: _CACHE_SECONDS, max_entries=50_000)
 
 
@@ -30,10 +33,11 @@ class NotCached(LookupError):
 
 
 def _catalog_row(server_id: int, tool: str, *, cached_only: bool = False) -> tuple[str, str] | None:
-    """(action, resource_argument) from the catalog, cached per process for at most a second
-    (renewed in the background from the event loop, see TTLCache)."""
+    """(action, resource_argument) from the catalog, cached per process (see TTLCache). With
+    `cached_only` the caller is the event loop, which checks the generation without a query."""
     key = (server_id, tool)
-    hit, value = _rows.get(key, _read_row, server_id, tool)  # renewal starts only on the event loop
+    generation = generation_watch.peek() if cached_only else generation_watch.current()
+    hit, value = _rows.get(key, generation, _read_row, server_id, tool)  # renewal starts only on the loop
     if hit:
         return value
     if cached_only:

@@ -23,6 +23,7 @@ from django.http.request import split_domain_port, validate_host
 
 from agents.models import AgentSession
 from agents.services import agent_session_end
+from behavry.dbthreads import on_db_thread
 from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
@@ -92,7 +93,7 @@ class McpEndpoint:
         slug = scope.get("url_route", {}).get("kwargs", {}).get("slug", "")
         hit, target = cached_target(slug)
         if not hit:
-            target = await database_sync_to_async(target_for_slug)(slug)
+            target = await on_db_thread(target_for_slug, slug)  # a read: any database thread
         if target is None:
             raise _http_error(404, f"No enabled upstream server named {slug!r}")
         if method == "GET":
@@ -138,7 +139,7 @@ class McpEndpoint:
             raise _http_error(401, "API keys are not valid on /mcp/; use an agent token", headers=challenge)
         hit, identity = cached_identity(raw)
         if not hit:
-            identity = await database_sync_to_async(identity_for_token)(raw)
+            identity = await on_db_thread(identity_for_token, raw)
         if identity is None:
             raise _http_error(
                 401,

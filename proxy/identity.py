@@ -1,9 +1,12 @@
-"""Who is calling and which upstream they want, cached for at most one second per process.
+"""Who is calling and which upstream they want, cached per process and checked against the cache
+generation (proxy/generation.py).
 
 The cache is what makes suspension and token revocation "take effect on the very next request in
-every proxy process, with at most 1 s of caching": each process re-reads a token's row (and its
-agent's status) once per second at most, and never trusts it longer. Under steady traffic the
-re-read happens in the background from 0.75 s (TTLCache), so no request waits for it.
+every proxy process, with at most 1 s of caching": an entry is served only while the cache
+generation it was read under is current, and each process checks that generation at least once
+per generation.BOUND_SECONDS. Any change to an agent, token, role or upstream moves it. Entries
+also expire after CACHE_SECONDS; under steady traffic they are re-read in the background from
+REFRESH_AHEAD of that (TTLCache), so no request waits for the database.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from typing import Any
 from agents.selectors import agent_token_authenticate
 from behavry.dbthreads import refresh_ahead
 from behavry.tokens import secret_digest
+from proxy.generation import generation_watch
 from proxy.models import UpstreamServer
 from proxy.upstream import UpstreamTarget
 
-CACHE_SECONDS = 1.0
+# How long an entry lives at most, even while the cache generation stands still. Changes do not
+# wait for this (the generation carries them within a second); it bounds what a missing trigger
+# could cost, and keeps a token's last_used_at within a minute or so of its use.
+CACHE_SECONDS = 60.0
 # The share of an entry's lifetime after which a hit also re-reads it in the background. Late, as
-# each re-read is a database thread hop of about 1 ms of CPU (bench/README.md); early enough that
-# it is back long before the entry expires (tens of ms at worst on this machine).
+# each re-read is a database thread hop of about 1 ms of CPU (bench/README.md).
 REFRESH_AHEAD = 0.75
 _MAX_ENTRIES = 10_000
 
@@ -45,8 +51,9 @@ class AgentIdentity:
 
 
 class TTLCache:
-    """Entries for at most `lifetime()` seconds from when they were read, served without the
-    database; past REFRESH_AHEAD of it, a hit also starts a re-read in the background
+    """Entries served without the database while the cache generation they were read under is the
+    current one (proxy/generation.py) and they are younger than `lifetime()` seconds; past
+    REFRESH_AHEAD of that, a hit also starts a re-read in the background
     (behavry.dbthreads.refresh_ahead), so steady traffic never waits for one. `lifetime` is a
     function so that the module constant it reads can be changed (tests, bench)."""
 
@@ -56,39 +63,48 @@ class TTLCache:
         self._max_entries = max_entries
         self._lock = threading.Lock()
         self._data: dict = {}
-        self._generation = 0  # moved by clear(): a read that started before it is not stored
+        self._clears = 0  # moved by clear(): a read that started before it is not stored
 
-    def get(self, key, reload: Callable[..., Any] | None = None, *args: Any) -> tuple[bool, Any]:
-        """(True, value) on a hit. With `reload`, a hit past REFRESH_AHEAD of its lifetime also runs
-        `reload(*args)` on a database thread in the background; `reload` must store what it reads."""
+    def get(
+        self, key, generation: int | None, reload: Callable[..., Any] | None = None, *args: Any
+    ) -> tuple[bool, Any]:
+        """(True, value) on a hit. `generation` is the current cache generation: from the event
+        loop generation_watch.peek() (None when unchecked for too long: every entry misses), on a
+        database thread generation_watch.current(). With `reload`, a hit past REFRESH_AHEAD of its
+        lifetime also runs `reload(*args)` on a database thread in the background; `reload` must
+        store what it reads."""
         entry = self._data.get(key)
-        if entry is not None:
+        if entry is not None and entry[1] == generation:
             age = time.monotonic() - entry[0]
             lifetime = self._lifetime()
             if age < lifetime:
                 if reload is not None and age >= lifetime * REFRESH_AHEAD:
                     refresh_ahead((self._name, key), reload, *args)
-                return True, entry[1]
+                return True, entry[2]
         return False, None
 
-    def read_started(self) -> tuple[float, int]:
-        """Call before reading the database; give the result to put()."""
-        return time.monotonic(), self._generation
+    def read_started(self) -> tuple[float, int, int]:
+        """Call on a database thread before reading the database; give the result to put().
+        Checks the cache generation first if it is due (a query), and raises if it cannot."""
+        clears = self._clears
+        generation = generation_watch.current()
+        return time.monotonic(), generation, clears
 
-    def put(self, key, value, started: tuple[float, int]) -> None:
-        """Store what a read that began at `started` found. The entry ages from the start of the
-        read, so a slow query cannot stretch the bound; a clear() since then discards it."""
-        read_at, generation = started
+    def put(self, key, value, started: tuple[float, int, int]) -> None:
+        """Store what a read that began at `started` found, under the generation current then:
+        the entry ages from the start of the read, so a slow query cannot stretch its life, and
+        a generation that moved during the read makes it a miss. A clear() since then discards it."""
+        read_at, generation, clears = started
         with self._lock:
-            if generation != self._generation:
+            if clears != self._clears:
                 return
             if len(self._data) >= self._max_entries:
-                self._data.clear()  # crude but bounded; entries only live a second anyway
-            self._data[key] = (read_at, value)
+                self._data.clear()  # crude but bounded: a burst of new keys only costs re-reads
+            self._data[key] = (read_at, generation, value)
 
     def clear(self) -> None:
         with self._lock:
-            self._generation += 1
+            self._clears += 1
             self._data.clear()
 
 
@@ -99,17 +115,17 @@ _targets = TTLCache("upstream", lambda: CACHE_SECONDS)
 def cached_identity(raw: str) -> tuple[bool, AgentIdentity | None]:
     """A cache hit without touching the database, so the event loop need not hop to a thread."""
     key = secret_digest(raw)
-    return _identities.get(key, _read_identity, raw, key)
+    return _identities.get(key, generation_watch.peek(), _read_identity, raw, key)
 
 
 def cached_target(slug: str) -> tuple[bool, UpstreamTarget | None]:
-    return _targets.get(slug, _read_target, slug)
+    return _targets.get(slug, generation_watch.peek(), _read_target, slug)
 
 
 def identity_for_token(raw: str) -> AgentIdentity | None:
     """The agent behind a bearer token (None if unknown or revoked). Runs queries: call off the loop."""
     key = secret_digest(raw)
-    hit, value = _identities.get(key)
+    hit, value = _identities.get(key, generation_watch.current())
     if hit:
         return value
     return _read_identity(raw, key)
@@ -136,7 +152,7 @@ def _read_identity(raw: str, key: str) -> AgentIdentity | None:
 
 def target_for_slug(slug: str) -> UpstreamTarget | None:
     """The enabled upstream with this slug, or None."""
-    hit, value = _targets.get(slug)
+    hit, value = _targets.get(slug, generation_watch.current())
     if hit:
         return value
     return _read_target(slug)
@@ -169,3 +185,4 @@ def clear_caches() -> None:
     _identities.clear()
     _targets.clear()
     _rows.clear()
+    generation_watch.reset()

@@ -86,3 +86,15 @@ class Tool(models.Model):
     @property
     def action(self) -> str:
         return self.action_override or self.default_action
+
+
+class CacheGeneration(models.Model):
+    """One row whose number database triggers move whenever a row the proxy caches changes
+    (agents, their tokens and roles, upstream servers, the tool catalog): each proxy process
+    checks this one number instead of re-reading every cached row. See proxy/generation.py."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    generation = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"cache generation {self.generation}"

@@ -103,6 +103,9 @@ class McpEndpoint:
             await self._delete(send, headers, identity, target)
             return
         body = await self._read_body(receive, headers)
+        # Again, now that the body is in: a suspension or revocation while it arrived applies to
+        # this request too (a cache hit, microseconds; the body may have taken up to its timeout).
+        identity = await self._authenticate(headers)
         accept = headers.get("accept", "")
         if not (("application/json" in accept and "text/event-stream" in accept) or "*/*" in accept):
             raise _http_error(406, "Not Acceptable: Accept must list application/json and text/event-stream")
@@ -155,9 +158,25 @@ class McpEndpoint:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _http_error(413, f"Body larger than {limit} bytes")
+        event = await receive()  # the usual case: the whole body in one event, no timer needed
+        if event["type"] != "http.disconnect" and not event.get("more_body"):
+            body = event.get("body", b"")
+            if len(body) > limit:
+                raise _http_error(413, f"Body larger than {limit} bytes")
+            return body
+        timeout = settings.BEHAVRY_MCP_BODY_TIMEOUT_SECONDS
+        try:
+            # A deadline for the whole body, so a sender of a byte every few seconds cannot hold
+            # the connection (and its authenticated identity) for as long as it likes.
+            async with asyncio.timeout(timeout):
+                return await self._read_rest(receive, event, limit)
+        except TimeoutError:
+            raise _http_error(408, f"Request body not received within {timeout} s") from None
+
+    @staticmethod
+    async def _read_rest(receive, event, limit: int) -> bytes:
         chunks, size = [], 0
         while True:
-            event = await receive()
             if event["type"] == "http.disconnect":
                 raise HttpError(499)
             chunk = event.get("body", b"")
@@ -167,6 +186,7 @@ class McpEndpoint:
             chunks.append(chunk)
             if not event.get("more_body"):
                 return b"".join(chunks)
+            event = await receive()
 
     async def _request(self, message: dict, headers: dict[str, str], identity, target) -> handlers.McpRequest:
         """Work out the agent's era and session, checking the era's header rules."""
@@ -244,8 +264,15 @@ class McpEndpoint:
         message = req.message
         method = message.get("method")
         if not rpc.is_request(message):
-            reply = await handlers.handle_client_message(req)
-            await _send_json(send, reply.status, None, reply.headers)
+            try:
+                reply = await handlers.handle_client_message(req)
+            except Exception:
+                # Never a bare 500 (nor a traceback): the message was not relayed.
+                logger.exception("MCP client message failed for %s", method or "response")
+                reply = handlers.Reply(
+                    status=503, body=rpc.error_message(None, rpc.INTERNAL_ERROR, "Behavry could not relay this message")
+                )
+            await _send_json(send, reply.status, reply.body, reply.headers)
             return
         if (
             method not in rpc.CLIENT_METHODS

@@ -1042,9 +1042,25 @@ async def handle_passthrough(req: McpRequest) -> Reply:
     return Reply(body=shape_result(req, message))
 
 
+def _refused(text: str) -> Reply:
+    return Reply(status=400, body=rpc.error_message(None, rpc.INVALID_REQUEST, text))
+
+
 async def handle_client_message(req: McpRequest) -> Reply:
-    """Notifications and responses from the agent (cancellation, answers to upstream requests)."""
+    """Notifications and responses from the agent (cancellation, answers to upstream requests).
+
+    Nothing here is decided by policy or audited, so only what needs neither is relayed: MCP's
+    notifications (`notifications/...`), and in the 2025 era a session's answers to what its
+    upstream asked. A request method without an id (`tools/call` sent as a notification) would
+    otherwise reach the upstream undecided; a stateless agent's posted response would answer a
+    question parked in its bridge session without the retry that decides the call again
+    (proxy/mrtr.py). Both are refused with 400, as the transport allows for input a server
+    cannot accept."""
     method = req.message.get("method")
+    if method is not None and not method.startswith("notifications/"):
+        return _refused(f"Invalid Request: {method} is a request and needs an 'id'")
+    if method is None and req.era == "modern":
+        return _refused("Invalid Request: in 2026-07-28 a client answers a server's question by retrying its request")
     if req.session is not None and mrtr.is_answer(req.message):
         await mrtr.deliver_answer(req.session.pk, req.message)  # to the stream that asked (proxy/mrtr.py)
         return Reply(status=202)

@@ -296,3 +296,106 @@ def test_a_lone_surrogate_is_sent_back_as_its_json_escape_not_a_500():
     message = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "Method not found: x\ud9ce"}}
     assert json.loads(_json_bytes(message)) == message
     assert json.loads(_sse_event(message).split(b"data: ", 1)[1]) == message
+
+
+async def test_a_request_method_sent_as_a_notification_is_400_and_never_reaches_the_upstream(
+    behavry_url, legacy_server, legacy_upstream, token
+):
+    """The outsider's trick: `tools/call` without an id is a notification, which nothing decides or
+    audits. It must not be relayed to the upstream as one."""
+    from mcp import Client
+
+    url = f"{behavry_url}/mcp/legacy"
+    session_id = (await initialize(url, token)).headers["mcp-session-id"]
+    path = f"/notification/{secrets.token_hex(4)}"
+    body = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "write_file", "arguments": {"path": path}}}
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Mcp-Session-Id": session_id}
+    response = await post(
+        url,
+        {**body, "params": {**body["params"], "arguments": {"path": path, "content": "x"}}},
+        {
+            **headers,
+            "MCP-Protocol-Version": "2025-11-25",
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32600 and "needs an 'id'" in response.json()["error"]["message"]
+    async with Client(legacy_upstream, mode="legacy") as direct:
+        assert (await direct.call_tool("read_file", {"path": path})).is_error  # never written
+
+
+@pytest.mark.parametrize("slug", ["demo", "legacy"])
+async def test_a_response_posted_by_a_stateless_agent_is_400(behavry_url, legacy_server, token, slug):
+    """In 2026-07-28 a client answers a server's question by retrying its request, which policy
+    decides again (proxy/mrtr.py); a bare response would answer a parked question around that
+    (2025 upstream) or fail (2026 upstream)."""
+    headers = modern_headers(token, "tools/call")
+    del headers["Mcp-Method"]
+    for msg_id in range(3):
+        response = await post(f"{behavry_url}/mcp/{slug}", {"jsonrpc": "2.0", "id": msg_id, "result": {}}, headers)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == -32600
+
+
+async def _send_in_two_parts(url: str, token: str, body: bytes, between) -> tuple[int, bytes]:
+    """A raw HTTP/1.1 POST whose body arrives in two parts, with `between()` awaited in between."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Accept: {ACCEPT}\r\nContent-Type: application/json\r\nMCP-Protocol-Version: {MODERN}\r\n"
+        f"Mcp-Method: tools/call\r\nMcp-Name: echo\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:10])
+    await writer.drain()
+    await between()
+    try:
+        writer.write(body[10:])
+        await writer.drain()
+    except ConnectionError:
+        pass  # the server answered and closed first
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_body_sent_too_slowly_is_408(url, token, settings):
+    import asyncio
+
+    settings.BEHAVRY_MCP_BODY_TIMEOUT_SECONDS = 1
+    body = json.dumps(modern_call("echo", {"message": "slow"})).encode()
+    status, answer = await _send_in_two_parts(url, token, body, lambda: asyncio.sleep(1.5))
+    assert status == 408 and b"not received within 1 s" in answer
+
+
+async def test_a_suspension_while_the_body_arrives_applies_to_that_request(url, agent, token, monkeypatch):
+    """Authentication runs before the body is read, and again after: an agent suspended while its
+    request was on the wire gets 403, not an allowed call."""
+    import threading
+
+    from proxy import endpoint
+
+    monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)
+    authenticated = threading.Event()
+
+    def identity_then_signal(raw):
+        identity = real(raw)
+        authenticated.set()
+        return identity
+
+    real = endpoint.identity_for_token
+    monkeypatch.setattr(endpoint, "identity_for_token", identity_then_signal)
+
+    async def suspend():
+        assert await run_in_thread(authenticated.wait, 10)  # the server let the agent in before...
+        await run_in_thread(agent_suspend, agent=agent, reason="mid-body", by=TEST_ACTOR)  # ...this
+
+    body = json.dumps(modern_call("echo", {"message": "mid-body"})).encode()
+    status, _answer = await _send_in_two_parts(url, token, body, suspend)
+    assert status == 403
+    decisions = await run_in_thread(lambda: list(AuditEvent.objects.filter(kind="decision", agent_id=agent.pk)))
+    assert not [event for event in decisions if event.decision == "allow"]

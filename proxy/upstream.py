@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
+from django.conf import settings
 from yarl import URL
 
 from proxy import http1
@@ -41,6 +42,8 @@ BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
 MODERN_ERROR_CODES = {-32020, -32021, -32022}
 # aiohttp's TimeoutErrors are also ClientErrors; they must be checked first to say "timed out".
 CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
+# An error body (a refused session, a DELETE's answer) is read only to be glanced at.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -49,6 +52,10 @@ class UpstreamError(Exception):
 
 class UpstreamSessionGone(UpstreamError):
     """The upstream no longer knows our session (it answered 400/404 to a session request)."""
+
+
+class UpstreamAnswerTooLarge(UpstreamError):
+    """The upstream's answer (a JSON body, an SSE event or line) passed BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,29 @@ def _close_response(response: Response) -> None:
         response.close()
 
 
+def _too_large(response: Response, limit: int) -> UpstreamAnswerTooLarge:
+    """Drop the connection, whose unread rest can never be used (it must not go back to the pool),
+    and say why the call failed."""
+    response.close()
+    return UpstreamAnswerTooLarge(f"upstream answer larger than {limit} bytes")
+
+
+async def _read_whole(response: Response, limit: int) -> bytes:
+    """The whole body, refused past `limit` bytes: by its Content-Length before reading any of it,
+    else as soon as what has come passes it."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(response, limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in _chunks(response):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(response, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -268,20 +298,27 @@ async def _chunks(response: Response) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _lines(response: Response) -> AsyncIterator[str]:
-    """Lines of a body as SSE defines them (CRLF, CR or LF), of any length."""
+async def _lines(response: Response, limit: int) -> AsyncIterator[str]:
+    """Lines of a body as SSE defines them (CRLF, CR or LF), each at most `limit` bytes."""
     parts: list[bytes] = []
+    pending = 0  # bytes of the line not yet ended
     after_cr = False
     async for chunk in _chunks(response):
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         start = 0
         for match in _LINE_END.finditer(chunk):
+            if pending + match.start() - start > limit:
+                raise _too_large(response, limit)
             parts.append(chunk[start : match.start()])
             yield b"".join(parts).decode("utf-8", "replace")
             parts = []
+            pending = 0
             start = match.end()
         if start < len(chunk):
+            pending += len(chunk) - start
+            if pending > limit:
+                raise _too_large(response, limit)
             parts.append(chunk[start:])
         after_cr = chunk.endswith(b"\r")
     if parts:
@@ -289,13 +326,17 @@ async def _lines(response: Response) -> AsyncIterator[str]:
 
 
 async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
-    """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are skipped."""
+    """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are
+    skipped. An event's data lines together are held to the answer limit, like one line."""
+    limit = settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES
     data: list[str] = []
-    async for line in _lines(response):
+    size = 0
+    async for line in _lines(response, limit):
         if line == "":
             if data:
                 payload = "\n".join(data)
                 data = []
+                size = 0
                 if payload.strip():
                     try:
                         message = json.loads(payload)
@@ -310,6 +351,9 @@ async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
         name, _, value = line.partition(":")
         if name == "data":
             data.append(value[1:] if value.startswith(" ") else value)
+            size += len(data[-1]) + 1
+            if size > limit:
+                raise _too_large(response, limit)
     if data and "\n".join(data).strip():
         try:
             message = json.loads("\n".join(data))
@@ -352,8 +396,8 @@ async def post(
     session_header = response.headers.get("mcp-session-id")
     if session_id and status in (400, 404) and content_type != "text/event-stream":
         try:
-            error_body = await response.read()
-        except CLIENT_ERRORS:
+            error_body = await _read_whole(response, ERROR_BODY_BYTES)
+        except UpstreamError:
             error_body = b""
         finally:
             _close_response(response)
@@ -370,9 +414,7 @@ async def post(
     if content_type == "text/event-stream" and status == 200:
         return UpstreamReply(status, session_header, True, _sse_messages(response), close)
     try:
-        answer = await response.read()
-    except CLIENT_ERRORS as exc:
-        raise UpstreamError(f"upstream {target.slug} broke off its answer: {type(exc).__name__}") from exc
+        answer = await _read_whole(response, settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES)
     finally:
         _close_response(response)
     try:
@@ -527,8 +569,8 @@ async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_ver
     try:
         response = await _request(target, "DELETE", headers, read=target.read_timeout)
         try:
-            await response.read()
+            await _read_whole(response, ERROR_BODY_BYTES)
         finally:
             _close_response(response)
-    except CLIENT_ERRORS:
+    except (UpstreamError, *CLIENT_ERRORS):
         logger.info("DELETE of upstream session on %s failed; it will expire there", target.slug)

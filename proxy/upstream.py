@@ -1,8 +1,10 @@
 """Talking to upstream MCP servers over Streamable HTTP, in whichever era each speaks.
 
 One pool of keep-alive connections per upstream per event loop (a Daphne process has one loop):
-proxy/http1.py's client, or aiohttp's behind an HTTP proxy. The agent's token is never forwarded:
-requests carry only the upstream's own credential header.
+proxy/http1.py's client, or aiohttp's behind an HTTP proxy. Requests share up to
+REQUEST_CONNECTIONS of them; long-lived GET streams have connections of their own, at most
+BEHAVRY_UPSTREAM_MAX_GET_STREAMS, so they never take a connection a tool call needs. The agent's
+token is never forwarded: requests carry only the upstream's own credential header.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -44,6 +47,10 @@ MODERN_ERROR_CODES = {-32020, -32021, -32022}
 CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
 # An error body (a refused session, a DELETE's answer) is read only to be glanced at.
 ERROR_BODY_BYTES = 64 * 1024
+# Connections one process opens to one upstream for requests (POST, DELETE, a resumed answer's GET).
+REQUEST_CONNECTIONS = 200
+# GET streams are counted per stream (BEHAVRY_UPSTREAM_MAX_GET_STREAMS), not by their client.
+_UNCOUNTED = 1 << 30
 
 
 class UpstreamError(Exception):
@@ -107,6 +114,12 @@ class _Pool:
     session: aiohttp.ClientSession | None = None
     proxy: URL | None = None
     proxy_auth: aiohttp.BasicAuth | None = None
+    # GET streams stay open for as long as an agent keeps its own: on the request connections a
+    # few hundred of them left every other agent's calls queueing for minutes. They have a client
+    # (or session) of their own, and a count held to BEHAVRY_UPSTREAM_MAX_GET_STREAMS.
+    stream_client: http1.Client | None = None
+    stream_session: aiohttp.ClientSession | None = None
+    streams_open: int = 0
 
     @property
     def closed(self) -> bool:
@@ -132,16 +145,18 @@ def _ssl_context() -> ssl.SSLContext:
 def _discard(pool: _Pool) -> None:
     """Drop a pool whose loop is gone or ending, without awaiting anything (there may be no loop to
     await on); otherwise aiohttp reports an unclosed session and connector when it is collected."""
-    if pool.client is not None:
-        with contextlib.suppress(Exception):
-            pool.client.close()
-    if pool.session is None:
-        return
-    connector = pool.session.connector
-    pool.session.detach()
-    if connector is not None:
-        with contextlib.suppress(Exception):
-            connector._close()  # the synchronous part of close(): drop the pooled sockets
+    for client in (pool.client, pool.stream_client):
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+    for session in (pool.session, pool.stream_session):
+        if session is None:
+            continue
+        connector = session.connector
+        session.detach()
+        if connector is not None:
+            with contextlib.suppress(Exception):
+                connector._close()  # the synchronous part of close(): drop the pooled sockets
 
 
 @atexit.register
@@ -164,18 +179,35 @@ def pool_for(target: UpstreamTarget) -> _Pool:
             proxy, proxy_auth = get_env_proxy_for_url(url)
         tls = _ssl_context() if url.scheme == "https" else None
         if proxy is None:
-            client = http1.Client(scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls, limit=200)
-            url_auth = {"Authorization": _basic_auth(url.user, url.password or "")} if url.user else {}
-            pool = _Pool(loop, url, client=client, url_auth=url_auth)
-        else:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, ssl=tls or True),
-                cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
-                trust_env=False,
+            origin = functools.partial(
+                http1.Client, scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls
             )
-            pool = _Pool(loop, url, session=session, proxy=proxy, proxy_auth=proxy_auth)
+            pool = _Pool(
+                loop,
+                url,
+                client=origin(limit=REQUEST_CONNECTIONS),
+                stream_client=origin(limit=_UNCOUNTED),
+                url_auth={"Authorization": _basic_auth(url.user, url.password or "")} if url.user else {},
+            )
+        else:
+            pool = _Pool(
+                loop,
+                url,
+                session=_proxied_session(tls, REQUEST_CONNECTIONS),
+                stream_session=_proxied_session(tls, 0),  # 0: no limit of aiohttp's own
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
         _pools[key] = pool
     return pool
+
+
+def _proxied_session(tls: ssl.SSLContext | None, limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, ssl=tls or True),
+        cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
+        trust_env=False,
+    )
 
 
 def _basic_auth(user: str, password: str) -> str:
@@ -211,17 +243,27 @@ Response = http1.Response | _ProxiedResponse
 
 
 async def _request(
-    target: UpstreamTarget, method: str, headers: dict[str, str], *, data: bytes | None = None, read: float | None
+    target: UpstreamTarget,
+    method: str,
+    headers: dict[str, str],
+    *,
+    data: bytes | None = None,
+    read: float | None,
+    stream: bool = False,
 ) -> Response:
     """connect_timeout bounds the TCP/TLS connect; read_timeout bounds each wait for bytes.
 
     Like httpx.Timeout(read, connect=...): no deadline for the whole answer (a slow tool may
-    stream for longer), and waiting for a free pooled connection is bounded too.
+    stream for longer). Waiting for a free pooled connection is bounded like a connect (at least
+    a second), not by the read timeout: when all REQUEST_CONNECTIONS are busy, a call fails as an
+    upstream error in seconds rather than hang for minutes. `stream` takes a GET stream's own
+    connections (the caller counts them).
     """
     pool = pool_for(target)
-    pool_wait = None if read is None else target.connect_timeout + read
-    if pool.client is not None:
-        return await pool.client.request(
+    pool_wait = max(1.0, target.connect_timeout)
+    client = pool.stream_client if stream else pool.client
+    if client is not None:
+        return await client.request(
             method,
             pool.url.raw_path_qs,
             {**pool.url_auth, **headers} if pool.url_auth else headers,
@@ -230,9 +272,13 @@ async def _request(
             read_timeout=read,
             pool_timeout=pool_wait,
         )
-    assert pool.session is not None, "a pool has a client or a session"
-    timeout = aiohttp.ClientTimeout(total=None, connect=pool_wait, sock_connect=target.connect_timeout, sock_read=read)
-    response = await pool.session.request(
+    session = pool.stream_session if stream else pool.session
+    assert session is not None, "a pool has a client or a session"
+    # aiohttp's connect covers both the wait for a pooled connection and the connect itself.
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=pool_wait + target.connect_timeout, sock_connect=target.connect_timeout, sock_read=read
+    )
+    response = await session.request(
         method,
         pool.url,
         data=data,
@@ -542,7 +588,27 @@ async def legacy_initialize(
 
 
 async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_version: str) -> UpstreamReply | None:
-    """Open the upstream's GET stream for server-initiated messages, or None if it offers none."""
+    """Open the upstream's GET stream for server-initiated messages, or None if it offers none.
+
+    It counts against BEHAVRY_UPSTREAM_MAX_GET_STREAMS until the reply is closed; one past that
+    budget is an UpstreamError at once, and the caller refuses the agent's GET.
+    """
+    pool = pool_for(target)
+    budget = settings.BEHAVRY_UPSTREAM_MAX_GET_STREAMS
+    if pool.streams_open >= budget:
+        raise UpstreamError(
+            f"upstream {target.slug} already has {budget} GET streams open from this process;"
+            " try again when one has closed"
+        )
+    pool.streams_open += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            pool.streams_open -= 1
+
     headers = {
         "Accept": "text/event-stream",
         "Mcp-Session-Id": session_id,
@@ -550,15 +616,21 @@ async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_versio
         **target.auth_headers(),
     }
     try:
-        response = await _request(target, "GET", headers, read=None)
+        response = await _request(target, "GET", headers, read=None, stream=True)
     except CLIENT_ERRORS as exc:
+        release()
         raise UpstreamError(f"upstream {target.slug} GET stream failed: {type(exc).__name__}") from exc
+    except BaseException:
+        release()
+        raise
     if response.status != 200 or _content_type(response) != "text/event-stream":
         _close_response(response)
+        release()
         return None
 
     async def close():
         _close_response(response)
+        release()
 
     return UpstreamReply(200, session_id, True, _sse_messages(response), close)
 

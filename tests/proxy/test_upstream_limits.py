@@ -1,5 +1,6 @@
-"""proxy/upstream.py's bounds on what one upstream may take from a proxy process: the size of an
-answer (BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES)."""
+"""proxy/upstream.py's bounds on what one upstream exchange may take from a proxy process: the size
+of an answer (BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES), the connections GET streams hold
+(BEHAVRY_UPSTREAM_MAX_GET_STREAMS) and the wait for a pooled connection."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from audit.models import AuditEvent
 from proxy import upstream
-from proxy.upstream import UpstreamAnswerTooLarge
+from proxy.upstream import UpstreamAnswerTooLarge, UpstreamError
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 from tests.proxy.test_http1 import Server
 from tests.proxy.test_upstream import call, target
@@ -107,3 +108,59 @@ async def test_a_tool_answer_past_the_limit_is_an_error_result_and_an_audited_ou
     )
     assert outcome.details["status"] == "upstream_error"
     assert f"larger than {LIMIT} bytes" in outcome.reason
+
+
+async def test_get_streams_past_their_budget_are_refused_and_never_take_a_requests_connection(
+    legacy_upstream, settings, monkeypatch
+):
+    """Before GET streams had connections of their own, three of them held both of these two
+    request connections, and the calls below waited for one until the read timeout."""
+    settings.BEHAVRY_UPSTREAM_MAX_GET_STREAMS = 3
+    monkeypatch.setattr(upstream, "REQUEST_CONNECTIONS", 2)
+    legacy = target(0, id=220, url=legacy_upstream, era="legacy", protocol_version="2025-11-25")
+    sessions = [await upstream.legacy_initialize(legacy, client_info={}, client_capabilities={}) for _ in range(3)]
+    streams = [await upstream.legacy_listen(legacy, session, version) for session, version, _ in sessions]
+    assert all(stream is not None for stream in streams)
+    session, version, _ = sessions[0]
+    with pytest.raises(UpstreamError, match="already has 3 GET streams open"):
+        await upstream.legacy_listen(legacy, session, version)
+
+    async def echo(n: int) -> dict:
+        message = {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": f"call {n}"}},
+        }
+        reply = await upstream.post(legacy, message, session_id=session, protocol_version=version)
+        return await upstream.first_response(reply, n)
+
+    answers = await asyncio.gather(*(echo(n) for n in range(4)))
+    assert [a["result"]["content"][0]["text"] for a in answers] == [f"Echo: call {n}" for n in range(4)]
+
+    await streams[0].aclose()  # a closed stream gives its place back (here, to another session)
+    fourth, fourth_version, _ = await upstream.legacy_initialize(legacy, client_info={}, client_capabilities={})
+    again = await upstream.legacy_listen(legacy, fourth, fourth_version)
+    assert again is not None
+    for stream in [again, *streams[1:]]:
+        await stream.aclose()
+    assert upstream.pool_for(legacy).streams_open == 0
+
+
+async def test_a_request_waits_for_a_pooled_connection_about_as_long_as_for_a_connect(monkeypatch):
+    """All request connections busy with calls that take long: the next call fails after the
+    connect timeout (here 1 s) instead of queueing for the read timeout (here an hour)."""
+    monkeypatch.setattr(upstream, "REQUEST_CONNECTIONS", 1)
+
+    async def never_answers(reader, writer, server):
+        await server.read_request(reader)
+        await asyncio.sleep(3600)
+
+    async with Server(never_answers) as server:
+        slow = target(server.port, id=221, connect_timeout=1.0, read_timeout=3600.0)
+        held = asyncio.ensure_future(upstream.post(slow, call(1)))
+        while not server.requests:
+            await asyncio.sleep(0.01)
+        with pytest.raises(UpstreamError, match="timed out"):
+            await upstream.post(slow, call(2))
+        held.cancel()

@@ -215,8 +215,8 @@ def _basic_auth(user: str, password: str) -> str:
 
 
 class _ProxiedResponse:
-    """aiohttp's response, seen through http1.Response's few members (status, headers with
-    lower-case names, read, iter_any, at_eof, release, close)."""
+    """aiohttp's response, seen through the few members of http1.Response used here (status,
+    headers with lower-case names, iter_any, at_eof, release, close)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -228,9 +228,6 @@ class _ProxiedResponse:
 
     def iter_any(self) -> AsyncIterator[bytes]:
         return self._response.content.iter_any()
-
-    async def read(self) -> bytes:
-        return await self._response.read()
 
     def release(self) -> None:
         self._response.release()

@@ -368,43 +368,182 @@ async def _lines(response: Response, limit: int) -> AsyncIterator[str]:
         yield b"".join(parts).decode("utf-8", "replace")
 
 
-async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
-    """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are
-    skipped. An event's data lines together are held to the answer limit, like one line."""
-    limit = settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES
-    data: list[str] = []
-    size = 0
-    async for line in _lines(response, limit):
-        if line == "":
-            if data:
+def _message(payload: str) -> dict[str, Any] | None:
+    """The JSON-RPC message in one SSE event's data, or None (an empty priming event, non-JSON)."""
+    if not payload.strip():
+        return None
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        logger.warning("upstream sent a non-JSON SSE event; ignored")
+        return None
+    return message if isinstance(message, dict) else None
+
+
+# 2025-11-25 polling SSE (SEP-1699): reconnections in a row that bring no event before the answer
+# is given up (the SDK client allows 2), and the wait when the upstream sent no `retry` (the SDK
+# client's). A shorter `retry` is taken as RESUME_MIN_DELAY, so an upstream that closes at once
+# cannot spin the loop.
+RESUME_ATTEMPTS = 3
+RESUME_DELAY = 1.0
+RESUME_MIN_DELAY = 0.1
+
+
+class _SseStream:
+    """An upstream's SSE answer, message by message, resumed where the 2025-11-25 transport lets
+    the upstream end the connection mid-stream.
+
+    Such an upstream may close the connection after an event with an id, having sent `retry`,
+    and expects a GET with that Last-Event-ID after `retry` ms for the rest of the stream
+    (SEP-1699 polling; the official SDK server does it with an event store). The messages then
+    go on from the resumed stream as if nothing happened. A request's answer is resumed until its
+    response has come, a GET stream whenever it ends; a reconnection that fails or brings no
+    event counts against RESUME_ATTEMPTS, and those in a row stay within the read timeout of
+    the end they follow. A 2026-07-28 upstream has no resumption (resume_headers None): its end is
+    the end, as is the end of a stream that never sent an id.
+    """
+
+    def __init__(
+        self,
+        target: UpstreamTarget,
+        response: Response,
+        *,
+        request_id: Any = None,
+        resume_headers: dict[str, str] | None = None,
+        stream: bool = False,
+        on_close: Any = None,
+    ) -> None:
+        self.target = target
+        self.response = response
+        self.request_id = request_id  # None on a GET stream: no response ends it
+        self.resume_headers = resume_headers
+        self.stream = stream  # a GET stream: resumed on the GET streams' connections, no read timeout
+        self.on_close = on_close
+        self.last_event_id = ""
+        self.retry: float | None = None  # seconds
+        self.answered = False
+        self.closed = False
+        self.misses = 0  # reconnections in a row that failed or brought no event
+
+    async def close(self) -> None:
+        self.closed = True
+        _close_response(self.response)
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close()
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        limit = settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES
+        loop = asyncio.get_running_loop()
+        ended_at = 0.0  # when the stream first ended since its last event
+        while True:
+            broke: UpstreamError | None = None
+            try:
+                async for payload in self._events(limit):
+                    ended_at = 0.0
+                    self.misses = 0
+                    message = _message(payload)
+                    if message is None:
+                        continue
+                    if self._answers(message):
+                        self.answered = True
+                    yield message
+            except UpstreamAnswerTooLarge:
+                raise
+            except UpstreamError as exc:
+                broke = exc  # a connection lost after an event with an id is resumed too
+            if self.answered or self.closed or self.resume_headers is None or not self.last_event_id:
+                if broke is not None:
+                    raise broke
+                return
+            _close_response(self.response)
+            ended_at = ended_at or loop.time()
+            response = await self._resume(ended_at, broke)
+            if response is None:
+                return
+            if self.closed:  # the reader let go while the GET was on its way
+                _close_response(response)
+                return
+            self.response = response
+
+    def _answers(self, message: dict[str, Any]) -> bool:
+        return (
+            self.request_id is not None
+            and message.get("id") == self.request_id
+            and "method" not in message
+            and ("result" in message or "error" in message)
+        )
+
+    async def _resume(self, ended_at: float, broke: UpstreamError | None) -> Response | None:
+        """GET the rest of the stream from the last event id, after `retry`; a few tries, all
+        within the read timeout from when the stream ended. None: the reader let go meanwhile."""
+        assert self.resume_headers is not None
+        loop = asyncio.get_running_loop()
+        headers = {"Accept": "text/event-stream", **self.resume_headers, "Last-Event-ID": self.last_event_id}
+        why = f"its connection ended ({broke})" if broke else "it ended the connection"
+        while True:
+            self.misses += 1
+            if self.misses > RESUME_ATTEMPTS:
+                raise UpstreamError(
+                    f"upstream {self.target.slug} could not be resumed after event {self.last_event_id[:40]!r}:"
+                    f" {why}, and {RESUME_ATTEMPTS} reconnections brought nothing"
+                )
+            delay = max(RESUME_MIN_DELAY, RESUME_DELAY if self.retry is None else self.retry)
+            if loop.time() + delay - ended_at > self.target.read_timeout:
+                raise UpstreamError(
+                    f"upstream {self.target.slug} timed out resuming after event {self.last_event_id[:40]!r}:"
+                    f" no event within {self.target.read_timeout} s ({why})"
+                )
+            await asyncio.sleep(delay)
+            if self.closed:
+                return None
+            read = None if self.stream else self.target.read_timeout
+            try:
+                response = await _request(self.target, "GET", headers, read=read, stream=self.stream)
+            except CLIENT_ERRORS as exc:
+                why = f"reconnecting failed: {type(exc).__name__}"
+                continue
+            if response.status == 200 and _content_type(response) == "text/event-stream":
+                return response
+            _close_response(response)
+            why = f"reconnecting was answered HTTP {response.status}"
+            if 400 <= response.status < 500:  # refused (gone, not allowed): asking again will not help
+                raise UpstreamError(f"upstream {self.target.slug} could not be resumed: {why}")
+
+    async def _events(self, limit: int) -> AsyncIterator[str]:
+        """Each event's data as the SSE parser dispatches it (empty for a priming event), noting
+        ids and retry hints. An event's data lines together are held to the answer limit."""
+        response = self.response
+        data: list[str] = []
+        size = 0
+        event_id: str | None = None
+        async for line in _lines(response, limit):
+            if line == "":
+                if not data and event_id is None:
+                    continue  # nothing to dispatch
+                if event_id is not None:
+                    self.last_event_id = event_id  # set as the event is dispatched, as EventSource does
+                    event_id = None
                 payload = "\n".join(data)
                 data = []
                 size = 0
-                if payload.strip():
-                    try:
-                        message = json.loads(payload)
-                    except ValueError:
-                        logger.warning("upstream sent a non-JSON SSE event; ignored")
-                        continue
-                    if isinstance(message, dict):
-                        yield message
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-            size += len(data[-1]) + 1
-            if size > limit:
-                raise _too_large(response, limit)
-    if data and "\n".join(data).strip():
-        try:
-            message = json.loads("\n".join(data))
-        except ValueError:
-            logger.warning("upstream ended its stream inside a non-JSON SSE event; ignored")
-            return
-        if isinstance(message, dict):
-            yield message
+                yield payload
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+                size += len(value) + 1
+                if size > limit:
+                    raise _too_large(response, limit)
+            elif name == "id" and "\0" not in value:
+                event_id = value
+            elif name == "retry" and value.isascii() and value.isdigit():
+                self.retry = int(value) / 1000
+        if data:
+            yield "\n".join(data)  # an event the upstream did not end before closing: taken as is
 
 
 async def post(
@@ -448,14 +587,17 @@ async def post(
             raise UpstreamSessionGone(f"upstream {target.slug} dropped session {session_id[:8]}…")
         raise UpstreamError(f"upstream {target.slug} answered HTTP {status}: {error_body[:200]!r}")
 
-    async def close():
-        _close_response(response)
-
     if status == 202:
         _close_response(response)
         return UpstreamReply(status, session_header, False, _empty(), None)
     if content_type == "text/event-stream" and status == 200:
-        return UpstreamReply(status, session_header, True, _sse_messages(response), close)
+        stream = _SseStream(
+            target,
+            response,
+            request_id=message.get("id") if "method" in message else None,
+            resume_headers=_resume_headers(target, request_headers, session_id or session_header),
+        )
+        return UpstreamReply(status, session_header, True, stream.messages(), stream.close)
     try:
         answer = await _read_whole(response, settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES)
     finally:
@@ -467,6 +609,20 @@ async def post(
     if not isinstance(parsed, dict):
         raise UpstreamError(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message")
     return UpstreamReply(status, session_header, False, _one(parsed), None)
+
+
+def _resume_headers(target: UpstreamTarget, sent: dict[str, str], session_id: str | None) -> dict[str, str] | None:
+    """What a GET resuming a request's answer carries (its session and version, the upstream's
+    credential), or None for a 2026-07-28 request, which cannot be resumed."""
+    version = next((value for name, value in sent.items() if name.lower() == "mcp-protocol-version"), None)
+    if version == LATEST_MODERN:
+        return None
+    headers = target.auth_headers()
+    if session_id:
+        headers["Mcp-Session-Id"] = session_id
+    if version:
+        headers["MCP-Protocol-Version"] = version
+    return headers
 
 
 async def _empty() -> AsyncIterator[dict[str, Any]]:
@@ -624,12 +780,9 @@ async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_versio
         _close_response(response)
         release()
         return None
-
-    async def close():
-        _close_response(response)
-        release()
-
-    return UpstreamReply(200, session_id, True, _sse_messages(response), close)
+    resume = {key: value for key, value in headers.items() if key != "Accept"}
+    stream = _SseStream(target, response, resume_headers=resume, stream=True, on_close=release)
+    return UpstreamReply(200, session_id, True, stream.messages(), stream.close)
 
 
 async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_version: str) -> None:

@@ -50,6 +50,16 @@ try:
     REDIS_URL = check_redis_url("REDIS_URL", env_str("REDIS_URL", ""))
     BEHAVRY_MCP_MAX_BODY_BYTES = env_int("BEHAVRY_MCP_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
     BEHAVRY_MCP_ALLOWED_ORIGINS = env_list("BEHAVRY_MCP_ALLOWED_ORIGINS", [])
+    # 2025-era GET streams (server-initiated messages) held open at once to one upstream by one
+    # process. They live as long as the agent keeps them, on connections of their own, so however
+    # many an agent opens, tool calls still find a connection; one past this is refused.
+    BEHAVRY_UPSTREAM_MAX_GET_STREAMS = env_int("BEHAVRY_UPSTREAM_MAX_GET_STREAMS", 32, minimum=1)
+    # An upstream's answer is held whole to be checked and re-shaped (about three copies of it at
+    # once): past this many bytes in one JSON body or one SSE event the call fails instead of
+    # filling a process that serves every agent.
+    BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES = env_int(
+        "BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES", 32 * 1024 * 1024, minimum=64 * 1024
+    )
     BEHAVRY_DECISION_TIMEOUT_SECONDS = env_int("BEHAVRY_DECISION_TIMEOUT_SECONDS", 5, minimum=1)
     BEHAVRY_MCP_BODY_TIMEOUT_SECONDS = env_int("BEHAVRY_MCP_BODY_TIMEOUT_SECONDS", 30, minimum=1)
     BEHAVRY_ESCALATION_TIMEOUTS = {

@@ -244,6 +244,8 @@ class Response:
             await conn.wait(self._read_timeout)
 
     async def read(self) -> bytes:
+        """The whole body, however large: proxy/upstream.py reads answers through iter_any
+        instead, held to BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES."""
         parts = [chunk async for chunk in self.iter_any()]
         return b"".join(parts)
 

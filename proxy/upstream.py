@@ -1,8 +1,10 @@
 """Talking to upstream MCP servers over Streamable HTTP, in whichever era each speaks.
 
 One pool of keep-alive connections per upstream per event loop (a Daphne process has one loop):
-proxy/http1.py's client, or aiohttp's behind an HTTP proxy. The agent's token is never forwarded:
-requests carry only the upstream's own credential header.
+proxy/http1.py's client, or aiohttp's behind an HTTP proxy. Requests share up to
+REQUEST_CONNECTIONS of them; long-lived GET streams have connections of their own, at most
+BEHAVRY_UPSTREAM_MAX_GET_STREAMS, so they never take a connection a tool call needs. The agent's
+token is never forwarded: requests carry only the upstream's own credential header.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
+from django.conf import settings
 from yarl import URL
 
 from proxy import http1
@@ -41,6 +45,12 @@ BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
 MODERN_ERROR_CODES = {-32020, -32021, -32022}
 # aiohttp's TimeoutErrors are also ClientErrors; they must be checked first to say "timed out".
 CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
+# An error body (a refused session, a DELETE's answer) is read only to be glanced at.
+ERROR_BODY_BYTES = 64 * 1024
+# Connections one process opens to one upstream for requests (POST, DELETE, a resumed answer's GET).
+REQUEST_CONNECTIONS = 200
+# GET streams are counted per stream (BEHAVRY_UPSTREAM_MAX_GET_STREAMS), not by their client.
+_UNCOUNTED = 1 << 30
 
 
 class UpstreamError(Exception):
@@ -49,6 +59,10 @@ class UpstreamError(Exception):
 
 class UpstreamSessionGone(UpstreamError):
     """The upstream no longer knows our session (it answered 400/404 to a session request)."""
+
+
+class UpstreamAnswerTooLarge(UpstreamError):
+    """The upstream's answer (a JSON body, an SSE event or line) passed BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,12 @@ class _Pool:
     session: aiohttp.ClientSession | None = None
     proxy: URL | None = None
     proxy_auth: aiohttp.BasicAuth | None = None
+    # GET streams stay open for as long as an agent keeps its own: on the request connections a
+    # few hundred of them left every other agent's calls queueing for minutes. They have a client
+    # (or session) of their own, and a count held to BEHAVRY_UPSTREAM_MAX_GET_STREAMS.
+    stream_client: http1.Client | None = None
+    stream_session: aiohttp.ClientSession | None = None
+    streams_open: int = 0
 
     @property
     def closed(self) -> bool:
@@ -125,16 +145,18 @@ def _ssl_context() -> ssl.SSLContext:
 def _discard(pool: _Pool) -> None:
     """Drop a pool whose loop is gone or ending, without awaiting anything (there may be no loop to
     await on); otherwise aiohttp reports an unclosed session and connector when it is collected."""
-    if pool.client is not None:
-        with contextlib.suppress(Exception):
-            pool.client.close()
-    if pool.session is None:
-        return
-    connector = pool.session.connector
-    pool.session.detach()
-    if connector is not None:
-        with contextlib.suppress(Exception):
-            connector._close()  # the synchronous part of close(): drop the pooled sockets
+    for client in (pool.client, pool.stream_client):
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+    for session in (pool.session, pool.stream_session):
+        if session is None:
+            continue
+        connector = session.connector
+        session.detach()
+        if connector is not None:
+            with contextlib.suppress(Exception):
+                connector._close()  # the synchronous part of close(): drop the pooled sockets
 
 
 @atexit.register
@@ -157,18 +179,35 @@ def pool_for(target: UpstreamTarget) -> _Pool:
             proxy, proxy_auth = get_env_proxy_for_url(url)
         tls = _ssl_context() if url.scheme == "https" else None
         if proxy is None:
-            client = http1.Client(scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls, limit=200)
-            url_auth = {"Authorization": _basic_auth(url.user, url.password or "")} if url.user else {}
-            pool = _Pool(loop, url, client=client, url_auth=url_auth)
-        else:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, ssl=tls or True),
-                cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
-                trust_env=False,
+            origin = functools.partial(
+                http1.Client, scheme=url.scheme, host=url.raw_host or "", port=url.port or 80, ssl=tls
             )
-            pool = _Pool(loop, url, session=session, proxy=proxy, proxy_auth=proxy_auth)
+            pool = _Pool(
+                loop,
+                url,
+                client=origin(limit=REQUEST_CONNECTIONS),
+                stream_client=origin(limit=_UNCOUNTED),
+                url_auth={"Authorization": _basic_auth(url.user, url.password or "")} if url.user else {},
+            )
+        else:
+            pool = _Pool(
+                loop,
+                url,
+                session=_proxied_session(tls, REQUEST_CONNECTIONS),
+                stream_session=_proxied_session(tls, 0),  # 0: no limit of aiohttp's own
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
         _pools[key] = pool
     return pool
+
+
+def _proxied_session(tls: ssl.SSLContext | None, limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, ssl=tls or True),
+        cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every agent: share no cookies
+        trust_env=False,
+    )
 
 
 def _basic_auth(user: str, password: str) -> str:
@@ -176,8 +215,8 @@ def _basic_auth(user: str, password: str) -> str:
 
 
 class _ProxiedResponse:
-    """aiohttp's response, seen through http1.Response's few members (status, headers with
-    lower-case names, read, iter_any, at_eof, release, close)."""
+    """aiohttp's response, seen through the few members of http1.Response used here (status,
+    headers with lower-case names, iter_any, at_eof, release, close)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -190,9 +229,6 @@ class _ProxiedResponse:
     def iter_any(self) -> AsyncIterator[bytes]:
         return self._response.content.iter_any()
 
-    async def read(self) -> bytes:
-        return await self._response.read()
-
     def release(self) -> None:
         self._response.release()
 
@@ -204,17 +240,27 @@ Response = http1.Response | _ProxiedResponse
 
 
 async def _request(
-    target: UpstreamTarget, method: str, headers: dict[str, str], *, data: bytes | None = None, read: float | None
+    target: UpstreamTarget,
+    method: str,
+    headers: dict[str, str],
+    *,
+    data: bytes | None = None,
+    read: float | None,
+    stream: bool = False,
 ) -> Response:
     """connect_timeout bounds the TCP/TLS connect; read_timeout bounds each wait for bytes.
 
     Like httpx.Timeout(read, connect=...): no deadline for the whole answer (a slow tool may
-    stream for longer), and waiting for a free pooled connection is bounded too.
+    stream for longer). Waiting for a free pooled connection is bounded like a connect (at least
+    a second), not by the read timeout: when all REQUEST_CONNECTIONS are busy, a call fails as an
+    upstream error in seconds rather than hang for minutes. `stream` takes a GET stream's own
+    connections (the caller counts them).
     """
     pool = pool_for(target)
-    pool_wait = None if read is None else target.connect_timeout + read
-    if pool.client is not None:
-        return await pool.client.request(
+    pool_wait = max(1.0, target.connect_timeout)
+    client = pool.stream_client if stream else pool.client
+    if client is not None:
+        return await client.request(
             method,
             pool.url.raw_path_qs,
             {**pool.url_auth, **headers} if pool.url_auth else headers,
@@ -223,9 +269,13 @@ async def _request(
             read_timeout=read,
             pool_timeout=pool_wait,
         )
-    assert pool.session is not None, "a pool has a client or a session"
-    timeout = aiohttp.ClientTimeout(total=None, connect=pool_wait, sock_connect=target.connect_timeout, sock_read=read)
-    response = await pool.session.request(
+    session = pool.stream_session if stream else pool.session
+    assert session is not None, "a pool has a client or a session"
+    # aiohttp's connect covers both the wait for a pooled connection and the connect itself.
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=pool_wait + target.connect_timeout, sock_connect=target.connect_timeout, sock_read=read
+    )
+    response = await session.request(
         method,
         pool.url,
         data=data,
@@ -251,6 +301,29 @@ def _close_response(response: Response) -> None:
         response.close()
 
 
+def _too_large(response: Response, limit: int) -> UpstreamAnswerTooLarge:
+    """Drop the connection, whose unread rest can never be used (it must not go back to the pool),
+    and say why the call failed."""
+    response.close()
+    return UpstreamAnswerTooLarge(f"upstream answer larger than {limit} bytes")
+
+
+async def _read_whole(response: Response, limit: int) -> bytes:
+    """The whole body, refused past `limit` bytes: by its Content-Length before reading any of it,
+    else as soon as what has come passes it."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(response, limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in _chunks(response):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(response, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -268,56 +341,209 @@ async def _chunks(response: Response) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _lines(response: Response) -> AsyncIterator[str]:
-    """Lines of a body as SSE defines them (CRLF, CR or LF), of any length."""
+async def _lines(response: Response, limit: int) -> AsyncIterator[str]:
+    """Lines of a body as SSE defines them (CRLF, CR or LF), each at most `limit` bytes."""
     parts: list[bytes] = []
+    pending = 0  # bytes of the line not yet ended
     after_cr = False
     async for chunk in _chunks(response):
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         start = 0
         for match in _LINE_END.finditer(chunk):
+            if pending + match.start() - start > limit:
+                raise _too_large(response, limit)
             parts.append(chunk[start : match.start()])
             yield b"".join(parts).decode("utf-8", "replace")
             parts = []
+            pending = 0
             start = match.end()
         if start < len(chunk):
+            pending += len(chunk) - start
+            if pending > limit:
+                raise _too_large(response, limit)
             parts.append(chunk[start:])
         after_cr = chunk.endswith(b"\r")
     if parts:
         yield b"".join(parts).decode("utf-8", "replace")
 
 
-async def _sse_messages(response: Response) -> AsyncIterator[dict[str, Any]]:
-    """JSON-RPC messages from an SSE body; comments, ids, retry hints and empty priming events are skipped."""
-    data: list[str] = []
-    async for line in _lines(response):
-        if line == "":
-            if data:
+def _message(payload: str) -> dict[str, Any] | None:
+    """The JSON-RPC message in one SSE event's data, or None (an empty priming event, non-JSON)."""
+    if not payload.strip():
+        return None
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        logger.warning("upstream sent a non-JSON SSE event; ignored")
+        return None
+    return message if isinstance(message, dict) else None
+
+
+# 2025-11-25 polling SSE (SEP-1699): reconnections in a row that bring no event before the answer
+# is given up (the SDK client allows 2), and the wait when the upstream sent no `retry` (the SDK
+# client's). A shorter `retry` is taken as RESUME_MIN_DELAY, so an upstream that closes at once
+# cannot spin the loop.
+RESUME_ATTEMPTS = 3
+RESUME_DELAY = 1.0
+RESUME_MIN_DELAY = 0.1
+
+
+class _SseStream:
+    """An upstream's SSE answer, message by message, resumed where the 2025-11-25 transport lets
+    the upstream end the connection mid-stream.
+
+    Such an upstream may close the connection after an event with an id, having sent `retry`,
+    and expects a GET with that Last-Event-ID after `retry` ms for the rest of the stream
+    (SEP-1699 polling; the official SDK server does it with an event store). The messages then
+    go on from the resumed stream as if nothing happened. A request's answer is resumed until its
+    response has come, a GET stream whenever it ends; a reconnection that fails or brings no
+    event counts against RESUME_ATTEMPTS, and those in a row stay within the read timeout of
+    the end they follow. A 2026-07-28 upstream has no resumption (resume_headers None): its end is
+    the end, as is the end of a stream that never sent an id.
+    """
+
+    def __init__(
+        self,
+        target: UpstreamTarget,
+        response: Response,
+        *,
+        request_id: Any = None,
+        resume_headers: dict[str, str] | None = None,
+        stream: bool = False,
+        on_close: Any = None,
+    ) -> None:
+        self.target = target
+        self.response = response
+        self.request_id = request_id  # None on a GET stream: no response ends it
+        self.resume_headers = resume_headers
+        self.stream = stream  # a GET stream: resumed on the GET streams' connections, no read timeout
+        self.on_close = on_close
+        self.last_event_id = ""
+        self.retry: float | None = None  # seconds
+        self.answered = False
+        self.closed = False
+        self.misses = 0  # reconnections in a row that failed or brought no event
+
+    async def close(self) -> None:
+        self.closed = True
+        _close_response(self.response)
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close()
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        limit = settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES
+        loop = asyncio.get_running_loop()
+        ended_at = 0.0  # when the stream first ended since its last event
+        while True:
+            broke: UpstreamError | None = None
+            try:
+                async for payload in self._events(limit):
+                    ended_at = 0.0
+                    self.misses = 0
+                    message = _message(payload)
+                    if message is None:
+                        continue
+                    if self._answers(message):
+                        self.answered = True
+                    yield message
+            except UpstreamAnswerTooLarge:
+                raise
+            except UpstreamError as exc:
+                broke = exc  # a connection lost after an event with an id is resumed too
+            if self.answered or self.closed or self.resume_headers is None or not self.last_event_id:
+                if broke is not None:
+                    raise broke
+                return
+            _close_response(self.response)
+            ended_at = ended_at or loop.time()
+            response = await self._resume(ended_at, broke)
+            if response is None:
+                return
+            if self.closed:  # the reader let go while the GET was on its way
+                _close_response(response)
+                return
+            self.response = response
+
+    def _answers(self, message: dict[str, Any]) -> bool:
+        return (
+            self.request_id is not None
+            and message.get("id") == self.request_id
+            and "method" not in message
+            and ("result" in message or "error" in message)
+        )
+
+    async def _resume(self, ended_at: float, broke: UpstreamError | None) -> Response | None:
+        """GET the rest of the stream from the last event id, after `retry`; a few tries, all
+        within the read timeout from when the stream ended. None: the reader let go meanwhile."""
+        assert self.resume_headers is not None
+        loop = asyncio.get_running_loop()
+        headers = {"Accept": "text/event-stream", **self.resume_headers, "Last-Event-ID": self.last_event_id}
+        why = f"its connection ended ({broke})" if broke else "it ended the connection"
+        while True:
+            self.misses += 1
+            if self.misses > RESUME_ATTEMPTS:
+                raise UpstreamError(
+                    f"upstream {self.target.slug} could not be resumed after event {self.last_event_id[:40]!r}:"
+                    f" {why}, and {RESUME_ATTEMPTS} reconnections brought nothing"
+                )
+            delay = max(RESUME_MIN_DELAY, RESUME_DELAY if self.retry is None else self.retry)
+            if loop.time() + delay - ended_at > self.target.read_timeout:
+                raise UpstreamError(
+                    f"upstream {self.target.slug} timed out resuming after event {self.last_event_id[:40]!r}:"
+                    f" no event within {self.target.read_timeout} s ({why})"
+                )
+            await asyncio.sleep(delay)
+            if self.closed:
+                return None
+            read = None if self.stream else self.target.read_timeout
+            try:
+                response = await _request(self.target, "GET", headers, read=read, stream=self.stream)
+            except CLIENT_ERRORS as exc:
+                why = f"reconnecting failed: {type(exc).__name__}"
+                continue
+            if response.status == 200 and _content_type(response) == "text/event-stream":
+                return response
+            _close_response(response)
+            why = f"reconnecting was answered HTTP {response.status}"
+            if 400 <= response.status < 500:  # refused (gone, not allowed): asking again will not help
+                raise UpstreamError(f"upstream {self.target.slug} could not be resumed: {why}")
+
+    async def _events(self, limit: int) -> AsyncIterator[str]:
+        """Each event's data as the SSE parser dispatches it (empty for a priming event), noting
+        ids and retry hints. An event's data lines together are held to the answer limit."""
+        response = self.response
+        data: list[str] = []
+        size = 0
+        event_id: str | None = None
+        async for line in _lines(response, limit):
+            if line == "":
+                if not data and event_id is None:
+                    continue  # nothing to dispatch
+                if event_id is not None:
+                    self.last_event_id = event_id  # set as the event is dispatched, as EventSource does
+                    event_id = None
                 payload = "\n".join(data)
                 data = []
-                if payload.strip():
-                    try:
-                        message = json.loads(payload)
-                    except ValueError:
-                        logger.warning("upstream sent a non-JSON SSE event; ignored")
-                        continue
-                    if isinstance(message, dict):
-                        yield message
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data and "\n".join(data).strip():
-        try:
-            message = json.loads("\n".join(data))
-        except ValueError:
-            logger.warning("upstream ended its stream inside a non-JSON SSE event; ignored")
-            return
-        if isinstance(message, dict):
-            yield message
+                size = 0
+                yield payload
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+                size += len(value) + 1
+                if size > limit:
+                    raise _too_large(response, limit)
+            elif name == "id" and "\0" not in value:
+                event_id = value
+            elif name == "retry" and value.isascii() and value.isdigit():
+                self.retry = int(value) / 1000
+        if data:
+            yield "\n".join(data)  # an event the upstream did not end before closing: taken as is
 
 
 async def post(
@@ -352,8 +578,8 @@ async def post(
     session_header = response.headers.get("mcp-session-id")
     if session_id and status in (400, 404) and content_type != "text/event-stream":
         try:
-            error_body = await response.read()
-        except CLIENT_ERRORS:
+            error_body = await _read_whole(response, ERROR_BODY_BYTES)
+        except UpstreamError:
             error_body = b""
         finally:
             _close_response(response)
@@ -361,18 +587,19 @@ async def post(
             raise UpstreamSessionGone(f"upstream {target.slug} dropped session {session_id[:8]}…")
         raise UpstreamError(f"upstream {target.slug} answered HTTP {status}: {error_body[:200]!r}")
 
-    async def close():
-        _close_response(response)
-
     if status == 202:
         _close_response(response)
         return UpstreamReply(status, session_header, False, _empty(), None)
     if content_type == "text/event-stream" and status == 200:
-        return UpstreamReply(status, session_header, True, _sse_messages(response), close)
+        stream = _SseStream(
+            target,
+            response,
+            request_id=message.get("id") if "method" in message else None,
+            resume_headers=_resume_headers(target, request_headers, session_id or session_header),
+        )
+        return UpstreamReply(status, session_header, True, stream.messages(), stream.close)
     try:
-        answer = await response.read()
-    except CLIENT_ERRORS as exc:
-        raise UpstreamError(f"upstream {target.slug} broke off its answer: {type(exc).__name__}") from exc
+        answer = await _read_whole(response, settings.BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES)
     finally:
         _close_response(response)
     try:
@@ -382,6 +609,20 @@ async def post(
     if not isinstance(parsed, dict):
         raise UpstreamError(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message")
     return UpstreamReply(status, session_header, False, _one(parsed), None)
+
+
+def _resume_headers(target: UpstreamTarget, sent: dict[str, str], session_id: str | None) -> dict[str, str] | None:
+    """What a GET resuming a request's answer carries (its session and version, the upstream's
+    credential), or None for a 2026-07-28 request, which cannot be resumed."""
+    version = next((value for name, value in sent.items() if name.lower() == "mcp-protocol-version"), None)
+    if version == LATEST_MODERN:
+        return None
+    headers = target.auth_headers()
+    if session_id:
+        headers["Mcp-Session-Id"] = session_id
+    if version:
+        headers["MCP-Protocol-Version"] = version
+    return headers
 
 
 async def _empty() -> AsyncIterator[dict[str, Any]]:
@@ -500,7 +741,27 @@ async def legacy_initialize(
 
 
 async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_version: str) -> UpstreamReply | None:
-    """Open the upstream's GET stream for server-initiated messages, or None if it offers none."""
+    """Open the upstream's GET stream for server-initiated messages, or None if it offers none.
+
+    It counts against BEHAVRY_UPSTREAM_MAX_GET_STREAMS until the reply is closed; one past that
+    budget is an UpstreamError at once, and the caller refuses the agent's GET.
+    """
+    pool = pool_for(target)
+    budget = settings.BEHAVRY_UPSTREAM_MAX_GET_STREAMS
+    if pool.streams_open >= budget:
+        raise UpstreamError(
+            f"upstream {target.slug} already has {budget} GET streams open from this process;"
+            " try again when one has closed"
+        )
+    pool.streams_open += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            pool.streams_open -= 1
+
     headers = {
         "Accept": "text/event-stream",
         "Mcp-Session-Id": session_id,
@@ -508,17 +769,20 @@ async def legacy_listen(target: UpstreamTarget, session_id: str, protocol_versio
         **target.auth_headers(),
     }
     try:
-        response = await _request(target, "GET", headers, read=None)
+        response = await _request(target, "GET", headers, read=None, stream=True)
     except CLIENT_ERRORS as exc:
+        release()
         raise UpstreamError(f"upstream {target.slug} GET stream failed: {type(exc).__name__}") from exc
+    except BaseException:
+        release()
+        raise
     if response.status != 200 or _content_type(response) != "text/event-stream":
         _close_response(response)
+        release()
         return None
-
-    async def close():
-        _close_response(response)
-
-    return UpstreamReply(200, session_id, True, _sse_messages(response), close)
+    resume = {key: value for key, value in headers.items() if key != "Accept"}
+    stream = _SseStream(target, response, resume_headers=resume, stream=True, on_close=release)
+    return UpstreamReply(200, session_id, True, stream.messages(), stream.close)
 
 
 async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_version: str) -> None:
@@ -527,8 +791,8 @@ async def legacy_terminate(target: UpstreamTarget, session_id: str, protocol_ver
     try:
         response = await _request(target, "DELETE", headers, read=target.read_timeout)
         try:
-            await response.read()
+            await _read_whole(response, ERROR_BODY_BYTES)
         finally:
             _close_response(response)
-    except CLIENT_ERRORS:
+    except (UpstreamError, *CLIENT_ERRORS):
         logger.info("DELETE of upstream session on %s failed; it will expire there", target.slug)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ from proxy.generation import generation_watch
 from proxy.identity import TTLCache
 from proxy.models import Tool
 
+# Resources longer than this are refused (system.resource_too_long): the audit column holds this
+# much, and a policy decision on a cut value would not be about what is forwarded.
 MAX_RESOURCE = 1000
 
 
@@ -82,8 +85,32 @@ def classify_call(
 
 
 def resource_text(value: Any) -> str:
+    """The resource as policy matches it: whole (a deny glob must see what is forwarded, so a
+    resource longer than MAX_RESOURCE is refused by the decision, never cut), and a path in its
+    normal form (normal_path)."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value[:MAX_RESOURCE]
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)[:MAX_RESOURCE]
+        return normal_path(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def normal_path(text: str) -> str:
+    """A filesystem path (or file: URI) with `.`, `..` and repeated slashes resolved, so that
+    `/srv/../etc/shadow` and `//etc/shadow` meet a rule on `/etc/*`. Anything else (other URLs,
+    names, `owner/repo`) is left as it is. What is forwarded is the agent's own argument; an
+    upstream that resolves paths reaches the same file the rule saw."""
+    prefix = ""
+    if text.startswith("file://"):
+        prefix, text = "file://", text[len("file://") :]
+    elif "://" in text or "/" not in text:
+        return text
+    if "." not in text and "//" not in text:
+        return prefix + text  # the usual case: nothing to resolve
+    absolute = text.startswith("/")
+    normal = posixpath.normpath(text)
+    if absolute:
+        normal = "/" + normal.lstrip("/")  # normpath keeps a leading "//" (POSIX leaves it open)
+    if text.endswith("/") and not normal.endswith("/"):
+        normal += "/"  # a directory stays one
+    return prefix + normal

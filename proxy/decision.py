@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.engine import CallContext, Decision, PolicyEngine, current_engine, engine_cache
-from proxy.classify import Classification, NotCached, classify_call
+from proxy.classify import MAX_RESOURCE, Classification, NotCached, classify_call
 from proxy.identity import AgentIdentity
 
 FAIL_CLOSED = "system.fail_closed"
 AGENT_SUSPENDED = "system.agent_suspended"
+RESOURCE_TOO_LONG = "system.resource_too_long"
 
 
 @dataclass
@@ -81,6 +82,10 @@ def _decide(
 ) -> ToolCallDecision:
     if not identity.active:
         return ToolCallDecision(Decision("deny", AGENT_SUSPENDED, "The agent is suspended."), classification)
+    if len(classification.resource) > MAX_RESOURCE:
+        # Deny rules on resources could not be checked against what would be forwarded.
+        reason = f"The call's resource is longer than {MAX_RESOURCE} characters, too long to check against policy."
+        return ToolCallDecision(Decision("deny", RESOURCE_TOO_LONG, reason), classification)
     ctx = CallContext(
         agent_id=identity.agent_id,
         server=server_slug,

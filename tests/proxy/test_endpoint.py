@@ -375,6 +375,7 @@ async def test_a_body_sent_too_slowly_is_408(url, token, settings):
 async def test_a_suspension_while_the_body_arrives_applies_to_that_request(url, agent, token, monkeypatch):
     """Authentication runs before the body is read, and again after: an agent suspended while its
     request was on the wire gets 403, not an allowed call."""
+    import asyncio
     import threading
 
     from proxy import endpoint
@@ -391,7 +392,9 @@ async def test_a_suspension_while_the_body_arrives_applies_to_that_request(url, 
     monkeypatch.setattr(endpoint, "identity_for_token", identity_then_signal)
 
     async def suspend():
-        assert await run_in_thread(authenticated.wait, 10)  # the server let the agent in before...
+        # Not run_in_thread: on SQLite the server's database work queues on that same one thread.
+        waited = await asyncio.get_running_loop().run_in_executor(None, authenticated.wait, 10)
+        assert waited  # the server let the agent in before...
         await run_in_thread(agent_suspend, agent=agent, reason="mid-body", by=TEST_ACTOR)  # ...this
 
     body = json.dumps(modern_call("echo", {"message": "mid-body"})).encode()

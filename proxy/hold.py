@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, TypeGuard
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -263,7 +263,8 @@ async def _wait(
         while True:
             if current.status == EscalationStatus.APPROVED:
                 if await database_sync_to_async(escalation_claim_forward)(escalation_id=current.pk):
-                    async for message in _forward_approved(req, current, tool, action, resource):
+                    forwarded = _forward_approved(req, current, tool, action, resource, progress_token, progress)
+                    async for message in forwarded:
                         yield message
                     return
                 yield _result(req, msg_id, decided_denial(current))
@@ -322,8 +323,17 @@ async def _wait(
         await asyncio.shield(watcher.remove(escalation.pk, woken))
 
 
-async def _forward_approved(req: McpRequest, escalation: Escalation, tool: str, action: str, resource: str):
-    """The approved call: audited as allowed under escalation.<id>, then forwarded like any other."""
+async def _forward_approved(
+    req: McpRequest,
+    escalation: Escalation,
+    tool: str,
+    action: str,
+    resource: str,
+    progress_token: Any,
+    held_progress: int,
+):
+    """The approved call: audited as allowed under escalation.<id>, then forwarded like any other.
+    Its progress continues the hold's on the agent's token (_ProgressAfterHold)."""
     import uuid
 
     request_id = uuid.uuid4().hex
@@ -350,8 +360,51 @@ async def _forward_approved(req: McpRequest, escalation: Escalation, tool: str, 
         if reply.after is not None:
             await asyncio.shield(reply.after)  # shielded: a hang-up now must not cancel the write
         return
+    after_hold = _ProgressAfterHold(progress_token, held_progress)
     async for message in reply.stream:
-        yield message
+        message = after_hold.rewrite(message)
+        if message is not None:
+            yield message
+
+
+class _ProgressAfterHold:
+    """The upstream's progress on the agent's token, moved past what the hold already sent there.
+
+    The call goes upstream with the agent's own progressToken, and the upstream starts counting
+    afresh; after the hold's 1..n that would send progress backwards on one token, which the spec
+    forbids (progress MUST increase with each notification, in both eras). So each value, and its
+    total, is shifted by n: the agent sees one count, and step k of a total T is still T - k from
+    the end. A shifted value that would not exceed the last one sent (an upstream starting at 0
+    lands on n) is dropped: losing one status line is better than breaking the rule. With no hold
+    progress sent nothing changes, exactly as for a call that was never held."""
+
+    def __init__(self, token: Any, held_progress: int):
+        self.token = token
+        self.offset = held_progress
+        self.last: float = held_progress
+
+    def rewrite(self, message: Any) -> Any:
+        if self.offset == 0 or not isinstance(message, dict) or message.get("method") != "notifications/progress":
+            return message
+        params = message.get("params")
+        if not isinstance(params, dict) or params.get("progressToken") != self.token:
+            return message
+        progress = params.get("progress")
+        if not _is_number(progress):
+            return message  # malformed upstream progress: passed on as it came, like any unheld call's
+        shifted = self.offset + progress
+        if shifted <= self.last:
+            return None
+        self.last = shifted
+        params = {**params, "progress": shifted}
+        total = params.get("total")
+        if _is_number(total):
+            params["total"] = self.offset + total
+        return {**message, "params": params}
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 async def _record_held_outcome(req: McpRequest, tool: str, request_id: str, status: str, started: float) -> None:

@@ -5,6 +5,7 @@ from tests.proxy.conftest import (  # noqa: F401 - shared live-Behavry fixtures
     agent_and_token,
     behavry_url,
     demo_server,
+    legacy_server,
     starter_policies,
     token,
 )

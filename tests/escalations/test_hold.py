@@ -2,6 +2,7 @@
 decides over the REST API, with the real demo upstream behind Behavry."""
 
 import asyncio
+import itertools
 import uuid
 
 import httpx
@@ -177,6 +178,52 @@ async def test_progress_and_keepalives_flow_while_held(behavry_url, token, appro
         await asyncio.wait_for(call, 10)
     assert len(seen) >= 2
     assert seen[0] == f"Waiting for approval (escalation {escalation_id})"
+
+
+@pytest.fixture
+def slow_task_needs_approval(starter_policies):
+    from policies.services import policy_create
+    from tests.conftest import TEST_ACTOR
+
+    policy_create(
+        data={"name": "slow work needs approval", "effect": "escalate", "tools": ["slow_task"], "reason": "Slow."},
+        by=TEST_ACTOR,
+    )
+
+
+# The upstream restarts its progress at 1 on the agent's token after the hold's own 1, 2, ...;
+# the spec says progress on one token MUST increase with every notification.
+@pytest.mark.usefixtures("legacy_server", "slow_task_needs_approval")
+@pytest.mark.parametrize("server", ["demo", "legacy"])  # a 2026-07-28 and a 2025 upstream
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress_keeps_increasing_from_the_hold_into_the_approved_call(
+    behavry_url, token, approver_key, monkeypatch, server, mode
+):
+    monkeypatch.setattr("proxy.hold.KEEPALIVE_SECONDS", 0.2)
+    seen = []
+    held_progress = asyncio.Event()
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total, message))
+        held_progress.set()
+
+    async with mcp_client(f"{behavry_url}/mcp/{server}", token, mode) as client:
+        call = asyncio.create_task(
+            client.call_tool("slow_task", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress)
+        )
+        escalation_id = await pending_id(behavry_url, approver_key)
+        await asyncio.wait_for(held_progress.wait(), 10)
+        await api(behavry_url, "POST", f"escalations/{escalation_id}/approve/", approver_key, {})
+        result = await asyncio.wait_for(call, 10)
+    assert not result.is_error and result.content[0].text == "Finished 3 steps in 0.3s"
+    held = [p for p in seen if p[2] == f"Waiting for approval (escalation {escalation_id})"]
+    upstream = [p for p in seen if p[2].startswith("step ")]
+    assert held and seen[: len(held)] == held  # the hold's progress came first ...
+    assert [m for _, _, m in upstream] == ["step 1/3", "step 2/3", "step 3/3"]  # ... then every upstream step
+    values = [p for p, _, _ in seen]
+    assert all(a < b for a, b in itertools.pairwise(values)), seen
+    # The upstream's steps keep their place within its total: n held ticks shift both by n.
+    assert upstream[-1][0] == upstream[-1][1] == len(held) + 3
 
 
 async def test_suspending_the_agent_releases_its_held_call_quickly(behavry_url, agent, token, admin_key, approver_key):

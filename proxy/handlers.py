@@ -31,6 +31,7 @@ from proxy.decision import decide_tool_call, fail_closed
 from proxy.identity import AgentIdentity, clear_caches
 from proxy.services import tool_catalog_sync, upstream_server_set_era
 from proxy.upstream import (
+    UpstreamAnswerTooLarge,
     UpstreamError,
     UpstreamReply,
     UpstreamSessionGone,
@@ -274,12 +275,15 @@ def shape_result(req: McpRequest, message: dict[str, Any]) -> dict[str, Any]:
         if req.message.get("method") in CACHEABLE_METHODS:
             # Required on 2026-07-28 list/read results; a 2025-era upstream does not send them.
             result.setdefault("ttlMs", 0)
-            result.setdefault("cacheScope", "private")
+            # Never the upstream's "public": what Behavry passes was decided or filtered for this
+            # agent, and a cache shared between principals would hand it to one policy refuses.
+            result["cacheScope"] = "private"
         meta = dict(result.get("_meta") or {})
         meta[rpc.META_SERVER_INFO] = SERVER_INFO
         result["_meta"] = meta
     else:
-        result.pop("resultType", None)
+        for field_2026 in ("resultType", "ttlMs", "cacheScope"):  # not in the 2025 schema
+            result.pop(field_2026, None)
         if isinstance(result.get("_meta"), dict):
             meta = {k: v for k, v in result["_meta"].items() if not k.startswith("io.modelcontextprotocol/")}
             if meta:
@@ -674,6 +678,9 @@ async def _forward(req: McpRequest, tool: str, outcome) -> Reply:
             # parked as input_required for a 2026 one.
             return Reply(stream=_relay(req, upstream, msg_id, outcome))
         message = await first_response(upstream, msg_id)
+    except UpstreamAnswerTooLarge as exc:
+        await outcome(None, "upstream_error", str(exc))
+        return Reply(body=_failure(req, f"The upstream server's answer was refused: {exc}"))
     except UpstreamError as exc:
         await outcome(None, "upstream_error", str(exc))
         return Reply(body=_failure(req, f"Behavry could not reach the upstream server: {exc}"))
@@ -682,6 +689,12 @@ async def _forward(req: McpRequest, tool: str, outcome) -> Reply:
         await asyncio.shield(cancel_bridged(req, reason))
         await outcome(None, "cancelled", reason)
         raise
+    except Exception as exc:
+        # Past the decision, whatever broke (an upstream's answer Behavry could not read, a bug)
+        # still ends as an audited outcome and an isError result, never a bare JSON-RPC error.
+        logger.exception("forwarding %s failed", tool)
+        await outcome(None, "upstream_error", f"{type(exc).__name__}: {exc}")
+        return Reply(body=_failure(req, "Behavry could not complete the call upstream."))
     if req.era == "legacy" and mrtr.is_input_required(message):
         return Reply(stream=_ask_agent(req, message, outcome))
     return await answer_after_outcome(

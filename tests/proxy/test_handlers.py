@@ -30,3 +30,17 @@ def test_a_tool_failure_is_an_is_error_result_and_a_read_failure_a_json_rpc_erro
 )
 def test_the_policy_target_names_reads_like_tools(method, params, target):
     assert handlers._policy_target(request(method, params)) == target
+
+
+def test_a_read_decided_for_one_agent_is_never_offered_to_a_shared_cache():
+    """An upstream's cacheScope "public" would let a client cache shared between principals serve
+    the content to an agent that policy refuses it (no decision, no audit)."""
+    answer = {"jsonrpc": "2.0", "id": 9, "result": {"contents": [], "ttlMs": 60_000, "cacheScope": "public"}}
+    shaped = handlers.shape_result(request("resources/read", {"uri": "demo://public"}), answer)["result"]
+    assert shaped["cacheScope"] == "private" and shaped["ttlMs"] == 60_000
+
+
+def test_a_2025_agent_gets_no_2026_only_result_fields():
+    answer = {"jsonrpc": "2.0", "id": 9, "result": {"tools": [], "ttlMs": 0, "cacheScope": "private"}}
+    shaped = handlers.shape_result(request("tools/list", {}, era="legacy"), answer)["result"]
+    assert shaped == {"tools": []}

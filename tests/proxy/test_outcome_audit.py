@@ -95,3 +95,18 @@ async def test_an_outcome_event_that_cannot_be_built_does_not_hold_the_answer(ur
     assert result["content"][0]["text"] == "Echo: unbuilt" and not result.get("isError")
     assert handlers.stats["outcome_audit_failed"] == before + 1
     assert await run_in_thread(outcomes, agent) == []
+
+
+async def test_a_failure_after_the_decision_is_an_audited_is_error_result(url, token, agent, monkeypatch):
+    """Whatever breaks past the decision (here the upstream's answer cannot be read) ends as an
+    outcome event and an isError result, not as a JSON-RPC error with no outcome."""
+
+    async def unreadable(*args, **kwargs):
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    monkeypatch.setattr(handlers, "first_response", unreadable)
+    result = await call(url, token, "breaks")
+    assert result["isError"] and "could not complete the call upstream" in result["content"][0]["text"]
+    await outcomes_committed()
+    outcome = await run_in_thread(lambda: AuditEvent.objects.filter(agent_id=agent.pk, kind="outcome").get())
+    assert outcome.details["status"] == "upstream_error" and "AttributeError" in outcome.reason

@@ -153,6 +153,15 @@ class McpEndpoint:
             raise _http_error(403, f"Agent {identity.name!r} is suspended")
         return identity
 
+    async def _still_allowed(self, headers: dict[str, str]) -> bool:
+        """For a long-lived stream: is the agent that opened it still active and its token valid?
+        (A cache hit under the usual bound; checked at each message and keepalive.)"""
+        try:
+            await self._authenticate(headers)
+        except HttpError:
+            return False
+        return True
+
     async def _read_body(self, receive, headers: dict[str, str]) -> bytes:
         limit = settings.BEHAVRY_MCP_MAX_BODY_BYTES
         declared = headers.get("content-length")
@@ -352,7 +361,16 @@ class McpEndpoint:
         try:
             while True:
                 step = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait({step, halt}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {step, halt}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                while not done:
+                    # A slow tool that sends nothing: a comment now and then, so that no idle
+                    # timeout (the agent's reader, a load balancer in front) closes the stream.
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                    done, _ = await asyncio.wait(
+                        {step, halt}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
                 if step not in done:
                     if responded:  # the answer is out; a hang-up now cancels nothing
                         await _stop(step)
@@ -425,6 +443,9 @@ class McpEndpoint:
                 if gone in done:
                     await _stop(step)
                     return
+                if not await self._still_allowed(headers):
+                    await _stop(step)  # suspended or revoked since the stream opened: end it
+                    break
                 if step not in done:
                     # An idle stream still shows signs of life, so proxies and clients keep it open.
                     await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})

@@ -402,3 +402,40 @@ async def test_a_suspension_while_the_body_arrives_applies_to_that_request(url, 
     assert status == 403
     decisions = await run_in_thread(lambda: list(AuditEvent.objects.filter(kind="decision", agent_id=agent.pk)))
     assert not [event for event in decisions if event.decision == "allow"]
+
+
+async def test_a_slow_streamed_answer_gets_keepalives(url, token, monkeypatch):
+    """A tool that says nothing for a while: comments keep the agent's stream (and any idle
+    timeout in front of Behavry) from closing it."""
+    monkeypatch.setattr("proxy.endpoint.KEEPALIVE_SECONDS", 0.1)
+    body = modern_call("slow_task", {"seconds": 1.0, "steps": 2})
+    body["params"]["_meta"]["progressToken"] = "p1"  # the upstream streams its progress
+    response = await post(url, body, modern_headers(token, "tools/call", "slow_task"))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.count(": keepalive") >= 3
+    assert "Finished 2 steps" in response.text  # and the answer still came
+
+
+async def test_a_get_stream_ends_when_its_agent_is_suspended(behavry_url, legacy_server, agent, token, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr("proxy.endpoint.KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)
+    url = f"{behavry_url}/mcp/legacy"
+    session_id = (await initialize(url, token)).headers["mcp-session-id"]
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": session_id,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url, headers=headers) as stream:
+        assert stream.status_code == 200
+        chunks = stream.aiter_bytes()
+        assert b"keepalive" in await anext(chunks)  # open and alive
+        await run_in_thread(agent_suspend, agent=agent, reason="test", by=TEST_ACTOR)
+
+        async def drained():
+            return b"".join([chunk async for chunk in chunks])
+
+        await asyncio.wait_for(drained(), 10)  # the stream ends, rather than run on

@@ -120,7 +120,7 @@ def test_malformed_parts_count_as_empty_but_the_hash_still_covers_what_was_sent(
         "name": "frobnicate",
         "title": 5,
         "description": ["not", "text"],
-        "inputSchema": [],
+        "inputSchema": ["type", "object"],
         "outputSchema": "text",
         "annotations": "destructiveHint",
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -79,7 +80,39 @@ def tool_definition_hash(definition: dict[str, Any]) -> str:
         for k in ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
         if definition.get(k) is not None
     }
-    return hashlib.sha256(canonical_json(relevant).encode()).hexdigest()
+    # surrogatepass: json.loads lets an upstream send an unpaired surrogate, which strict UTF-8
+    # cannot encode; every other string encodes to the same bytes as before, so hashes are unchanged.
+    return hashlib.sha256(canonical_json(relevant).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# U+0000 and unpaired surrogates: see storable_problem.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_problem(value: Any) -> str | None:
+    """Why `value` (JSON from an upstream) cannot be stored on SQLite and PostgreSQL, or None.
+
+    Python's json.loads accepts what the databases refuse: NaN and Infinity (not JSON, so neither
+    PostgreSQL's jsonb nor SQLite's JSON_VALID check takes them), U+0000 (PostgreSQL text and jsonb
+    cannot hold it) and unpaired surrogates (not UTF-8). Walked with a stack, not recursion: how
+    deep the value nests is the upstream's choice.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _UNSTORABLE_CHARACTER.search(item)
+            if found:
+                return "it holds U+0000" if found.group() == "\x00" else "it holds an unpaired surrogate"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "it holds NaN or an infinite number"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def upstream_url_problem(url: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -10,8 +11,16 @@ from django.utils import timezone
 from audit.services import audit_admin
 from behavry.actors import Actor
 from behavry.errors import Conflict, InvalidInput
-from proxy.catalog import tool_default_action, tool_definition_hash, tool_resource_argument, upstream_url_problem
+from proxy.catalog import (
+    storable_problem,
+    tool_default_action,
+    tool_definition_hash,
+    tool_resource_argument,
+    upstream_url_problem,
+)
 from proxy.models import Tool, ToolAction, UpstreamServer
+
+logger = logging.getLogger("behavry.proxy.catalog")
 
 SERVER_EDITABLE_FIELDS = {
     "name",
@@ -85,9 +94,69 @@ def upstream_server_update(*, server: UpstreamServer, by: Actor, **fields: Any) 
     return server
 
 
+class _LeftOut(Exception):
+    """A listed tool the catalog cannot hold. It is left out of the catalog, and so not offered to
+    agents (proxy/handlers.py lists only tools the sync returned)."""
+
+
+_NAME_MAX = Tool._meta.get_field("name").max_length or 0
+_TITLE_MAX = Tool._meta.get_field("title").max_length or 0
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _catalog_values(definition: Any) -> tuple[str, dict[str, Any], str]:
+    """One listed tool's name, catalog fields and resource argument; raises _LeftOut.
+
+    Everything here comes from the upstream, untrusted, and is checked before anything is written:
+    a row the database refused would abort the whole sync, and every agent would be listed nothing.
+    """
+    if not isinstance(definition, dict):
+        raise _LeftOut("the definition is not an object")
+    name = definition.get("name")
+    if not isinstance(name, str) or not name:
+        raise _LeftOut("it has no name, or one that is not a string")
+    if len(name) > _NAME_MAX:
+        raise _LeftOut(f"its name is longer than {_NAME_MAX} characters")
+    # A malformed part counts as empty for the derived fields; the definition hash below still
+    # covers what the upstream sent, so a change to that part is detected all the same.
+    annotations = _object(definition.get("annotations"))
+    schema = _object(definition.get("inputSchema"))
+    values: dict[str, Any] = {
+        "title": (_text(definition.get("title")) or _text(annotations.get("title")))[:_TITLE_MAX],
+        "description": _text(definition.get("description")),
+        "input_schema": schema,
+        "annotations": annotations,
+    }
+    problem = storable_problem([name, values])
+    if problem:
+        raise _LeftOut(f"it cannot be stored: {problem}")
+    values["default_action"] = tool_default_action(name, annotations)
+    values["definition_hash"] = tool_definition_hash(definition)
+    return name, values, tool_resource_argument(schema)
+
+
+def _shown_name(definition: Any) -> str:
+    """A listed tool's name for the log: cut short (an upstream chooses its length), repr'd (and
+    so on one line), or the type of what stands in its place."""
+    if not isinstance(definition, dict):
+        return f"({type(definition).__name__})"
+    name = definition.get("name")
+    if isinstance(name, str):
+        return repr(name[:60]) + ("..." if len(name) > 60 else "")
+    return f"({type(name).__name__})"
+
+
 @transaction.atomic
 def tool_catalog_sync(*, server: UpstreamServer, definitions: list[dict[str, Any]]) -> list[Tool]:
-    """Record the tools an upstream listed. Returns the Tool rows, in the order given.
+    """Record the tools an upstream listed. Returns the Tool rows of the tools it could record, in
+    the order given; a tool it cannot record is logged and left out.
 
     Admin-set fields (`action_override`, a customised `resource_argument`) survive a re-sync; the
     derived fields are recomputed from the new definition.
@@ -95,28 +164,25 @@ def tool_catalog_sync(*, server: UpstreamServer, definitions: list[dict[str, Any
     now = timezone.now()
     tools = []
     for definition in definitions:
-        name = definition.get("name")
-        if not isinstance(name, str) or not name:
+        try:
+            name, values, resource_argument = _catalog_values(definition)
+        except _LeftOut as left_out:
+            logger.warning(
+                "Upstream %s lists tool %s, left out of the catalog and not offered to agents: %s",
+                server.slug,
+                _shown_name(definition),
+                left_out,
+            )
             continue
-        annotations = definition.get("annotations") or {}
-        schema = definition.get("inputSchema") or {}
-        values = {
-            "title": (definition.get("title") or annotations.get("title") or "")[:200],
-            "description": definition.get("description") or "",
-            "input_schema": schema,
-            "annotations": annotations,
-            "default_action": tool_default_action(name, annotations),
-            "definition_hash": tool_definition_hash(definition),
-            "last_seen_at": now,
-        }
+        values["last_seen_at"] = now
         tool, created = Tool.objects.get_or_create(
-            server=server, name=name, defaults={**values, "resource_argument": tool_resource_argument(schema)}
+            server=server, name=name, defaults={**values, "resource_argument": resource_argument}
         )
         if not created:
             for key, value in values.items():
                 setattr(tool, key, value)
             if not tool.resource_argument:
-                tool.resource_argument = tool_resource_argument(schema)
+                tool.resource_argument = resource_argument
             tool.save()
         tools.append(tool)
     return tools

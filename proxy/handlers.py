@@ -943,7 +943,8 @@ def _filter_tools(req: McpRequest, tools: list[dict[str, Any]]) -> list[dict[str
         t
         for t in tools
         if isinstance(t, dict)
-        and t.get("name") in actions
+        and isinstance(t.get("name"), str)  # a list or object as a name is unhashable: not a tool
+        and t["name"] in actions
         and engine.could_allow(
             agent_id=req.identity.agent_id,
             roles=req.identity.roles,

@@ -119,12 +119,6 @@ async def test_a_tool_with_a_malformed_part_is_catalogued_and_listed_with_the_ot
     assert await listed(odd_url, token) == ["get_ok", "get_odd", "list_ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="proxy/handlers.py _filter_tools tests `t.get('name') in actions`, a TypeError for a list "
-    "name, and fails closed to []; it needs an isinstance(t.get('name'), str) check first",
-)
 async def test_a_list_for_a_name_hides_only_that_tool(odd_url, token):
     ODD.append({"name": ["get_odd"]})
     assert await listed(odd_url, token) == ["get_ok", "list_ok"]

@@ -213,13 +213,18 @@ def agent_session_open(
 
 
 def agent_session_set_upstream(
-    *, session: AgentSession, upstream_session_id: str, upstream_protocol_version: str
+    *, session: AgentSession, upstream_session_id: str, upstream_protocol_version: str, upstream_info: dict
 ) -> None:
+    """The upstream (2025-era) session behind this one, and what its initialize declared
+    (capabilities, instructions), which a 2025 agent's own initialize answers with."""
     AgentSession.objects.filter(pk=session.pk).update(
-        upstream_session_id=upstream_session_id, upstream_protocol_version=upstream_protocol_version
+        upstream_session_id=upstream_session_id,
+        upstream_protocol_version=upstream_protocol_version,
+        upstream_info=upstream_info,
     )
     session.upstream_session_id = upstream_session_id
     session.upstream_protocol_version = upstream_protocol_version
+    session.upstream_info = upstream_info
 
 
 def agent_session_end(*, session_id: str, reason: str) -> bool:

@@ -151,7 +151,10 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
         )
     else:
         await database_sync_to_async(agent_session_set_upstream)(
-            session=session, upstream_session_id=upstream_id, upstream_protocol_version=version
+            session=session,
+            upstream_session_id=upstream_id,
+            upstream_protocol_version=version,
+            upstream_info=_upstream_info(result),
         )
     return session
 
@@ -848,7 +851,8 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
 
 
 async def _upstream_capabilities(req: McpRequest) -> dict[str, Any]:
-    """Capabilities and instructions the upstream declares (opening its 2025-era session if needed)."""
+    """Capabilities and instructions the upstream declares (opening its 2025-era session if
+    needed), less what Behavry cannot deliver to this agent (deliverable_capabilities)."""
     era, discovered = await upstream_era(req.target)
     if era == "modern":
         if not discovered:
@@ -858,9 +862,30 @@ async def _upstream_capabilities(req: McpRequest) -> dict[str, Any]:
             )
             response = await first_response(await post(req.target, wrapped, headers=headers), "behavry-discover")
             discovered = response.get("result") or {}
-        return {"capabilities": discovered.get("capabilities") or {}, "instructions": discovered.get("instructions")}
-    session = await _upstream_session(req)
-    return session.upstream_info
+        info = {"capabilities": discovered.get("capabilities") or {}, "instructions": discovered.get("instructions")}
+    else:
+        info = (await _upstream_session(req)).upstream_info or {}
+    capabilities = info.get("capabilities")
+    return {**info, "capabilities": deliverable_capabilities(capabilities, agent=req.era, upstream=era)}
+
+
+def deliverable_capabilities(capabilities: Any, *, agent: str, upstream: str) -> dict[str, Any]:
+    """The upstream's capabilities less the change notifications Behavry cannot carry.
+
+    `listChanged` and `resources.subscribe` promise notifications. Behavry relays them only from a
+    2025-era upstream's GET stream to a 2025-era agent's; it offers no `subscriptions/listen`
+    (2026-07-28), and a 2026-07-28 upstream has no GET stream. Promising them anyway leaves a
+    client waiting for updates that never come, or calling `resources/subscribe` into -32601.
+    """
+    if not isinstance(capabilities, dict):
+        return {}
+    if agent == "legacy" and upstream == "legacy":
+        return capabilities
+    out = dict(capabilities)
+    for name in ("tools", "prompts", "resources"):
+        if isinstance(out.get(name), dict):
+            out[name] = {k: v for k, v in out[name].items() if k not in ("listChanged", "subscribe")}
+    return out
 
 
 async def handle_initialize(req: McpRequest) -> Reply:

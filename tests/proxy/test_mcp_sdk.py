@@ -217,3 +217,22 @@ async def test_other_methods_pass_through_and_are_audited(behavry_url, demo_serv
         lambda: set(AuditEvent.objects.filter(policy_id="system.passthrough").values_list("action", flat=True))
     )
     assert {"prompts/list", "resources/list"} <= methods
+
+
+@pytest.mark.parametrize(
+    ("slug", "mode"), [("legacy", "legacy"), ("demo", "legacy"), ("legacy", "auto"), ("demo", "auto")]
+)
+async def test_the_agent_gets_the_upstreams_capabilities_and_instructions(
+    behavry_url, demo_server, legacy_server, token, slug, mode
+):
+    """In every pair of eras, as far as Behavry can deliver them: change notifications only where
+    a 2025 upstream's GET stream reaches a 2025 agent's. ("auto" discovers, which is how a
+    2026-07-28 client asks; with mode="2026-07-28" the SDK assumes instead of asking.)"""
+    async with mcp_client(f"{behavry_url}/mcp/{slug}", token, mode) as client:
+        capabilities = client.server_capabilities
+        instructions = client.instructions
+    assert capabilities.tools is not None and capabilities.prompts is not None and capabilities.resources is not None
+    assert instructions == "Demo tools behind Behavry."
+    relayed = slug == "legacy" and mode == "legacy"
+    if not relayed:
+        assert not capabilities.tools.list_changed and not capabilities.resources.subscribe

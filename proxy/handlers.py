@@ -1017,7 +1017,7 @@ async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
     """Lists, completion and the other requests that name nothing for policy: sent up, answered."""
     try:
         reply = await upstream_send(req, req.message)
-        return await first_response(reply, req.message["id"])
+        return await _response_answering_upstream(req, reply, req.message["id"])
     except asyncio.CancelledError:
         # The agent cancelled: closing the upstream exchange (first_response does) is a 2026
         # upstream's cancel; a 2025 one on a bridge session must be told, as for tools/call.
@@ -1027,6 +1027,23 @@ async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
         raise rpc.RpcError(
             rpc.UPSTREAM_FAILED, f"Upstream {req.target.slug} failed: {exc}", status=200, id=req.message["id"]
         ) from exc
+
+
+async def _response_answering_upstream(req: McpRequest, reply: UpstreamReply, msg_id: Any) -> dict[str, Any]:
+    """first_response, but a 2025 upstream's own requests before its answer (a completion handler
+    asking roots/list, a ping) are answered at once: a ping as such, anything else "method not
+    found". These answers are not relayed to the agent (only tools/call, prompts/get and
+    resources/read carry questions across, proxy/mrtr.py); unanswered, the upstream would hold the
+    agent until its own timeout. Its progress and log notifications here are dropped."""
+    try:
+        async for message in reply.messages:
+            if message.get("id") == msg_id and ("result" in message or "error" in message):
+                return message
+            if mrtr.is_server_request(message):
+                await _answer_upstream_request(req, message)
+    finally:
+        await reply.aclose()
+    raise UpstreamError("upstream ended its answer without a response")
 
 
 async def handle_named_read(req: McpRequest) -> Reply:

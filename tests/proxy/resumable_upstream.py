@@ -5,6 +5,7 @@ connection on purpose, and a client gets the rest only by reconnecting with GET 
 - poll_task ends its own POST's SSE connection mid-call, then answers;
 - announce_across_reconnect announces a tool list change on the session's GET stream, ends that
   stream, then announces another.
+Its completion/complete asks the client for roots/list first, on the request's own stream.
 
     python -m tests.proxy.resumable_upstream PORT
 """
@@ -20,7 +21,15 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import JSONRPCMessage
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types import (
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    JSONRPCMessage,
+    ListRootsRequest,
+    ListRootsResult,
+)
 
 from demo.upstream import LegacyOnly
 
@@ -68,6 +77,22 @@ def build_app():
         await anyio.sleep(0.3)
         await ctx.session.send_tool_list_changed()
         return "announced twice"
+
+    async def complete_from_roots(ctx, params: CompleteRequestParams) -> CompleteResult:
+        """A completion that first asks the client for its roots, on the request's own stream."""
+        try:
+            roots = await ctx.session.send_request(
+                ListRootsRequest(),
+                ListRootsResult,
+                request_read_timeout_seconds=60,
+                metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+            )
+            values = [str(root.uri) for root in roots.roots]
+        except Exception as exc:  # what the client answered instead of roots
+            values = [f"no roots: {exc}"]
+        return CompleteResult(completion=Completion(values=values))
+
+    server._lowlevel_server.add_request_handler("completion/complete", CompleteRequestParams, complete_from_roots)
 
     app = server.streamable_http_app(
         streamable_http_path="/mcp",

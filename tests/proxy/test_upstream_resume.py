@@ -153,3 +153,17 @@ async def test_a_retry_longer_than_the_read_timeout_is_not_waited_for():
         with pytest.raises(UpstreamError, match="timed out resuming after event 'ev-1'"):
             await upstream.first_response(reply, 1)
     assert len(up.requests) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_upstream_question_during_a_completion_is_answered_not_left_hanging(url, token, mode):
+    """A 2025 upstream that asks roots/list while it answers completion/complete gets an answer at
+    once (method not found: only tool calls and named reads carry questions to the agent), so the
+    agent gets its completion rather than wait for the upstream's own timeout (60 s here, more
+    than the client waits)."""
+    from mcp_types import PromptReference
+
+    async with mcp_client(url, token, mode) as client:
+        result = await client.complete(PromptReference(type="ref/prompt", name="any"), {"name": "a", "value": ""})
+    assert len(result.completion.values) == 1 and result.completion.values[0].startswith("no roots:")
+    assert "not found" in result.completion.values[0].lower()

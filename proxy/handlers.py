@@ -1070,22 +1070,64 @@ async def handle_named_read(req: McpRequest) -> Reply:
     )
     decision = decided.decision
     if decision.decision != "allow":
-        raise rpc.RpcError(
-            rpc.POLICY_DENIED,
-            f"Denied by Behavry: {decision.reason} (policy {decision.policy_id})",
-            status=200,
-            id=msg_id,
-            data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
-        )
+        raise _read_denied(msg_id, decision)
     return await _forward(req, tool, _no_outcome)
+
+
+def _read_denied(msg_id: Any, decision: Decision) -> rpc.RpcError:
+    """A refused read (or completion, subscription): a JSON-RPC error, as their results have no
+    error form, with the same `behavry` details a refused tool call carries."""
+    return rpc.RpcError(
+        rpc.POLICY_DENIED,
+        f"Denied by Behavry: {decision.reason} (policy {decision.policy_id})",
+        status=200,
+        id=msg_id,
+        data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
+    )
 
 
 async def _no_outcome(*_args: Any, **_kwargs: Any) -> None:
     """Reads are audited by their decision event alone (no outcome event)."""
 
 
+def _named_by(req: McpRequest) -> tuple[str, str | None] | None:
+    """(policy name, resource) of a method that names a prompt or resource without reading it:
+    a completion for a prompt's or resource template's argument, a subscription to a resource.
+    Decided like a read of it, so an agent refused `prompt:x` cannot probe it through these."""
+    params = req.message.get("params") or {}
+    method = req.message.get("method")
+    if method == "completion/complete":
+        ref = params.get("ref")
+        if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+            return f"prompt:{ref.get('name', '')}", None
+        if isinstance(ref, dict) and ref.get("type") == "ref/resource":
+            uri = str(ref.get("uri", ""))
+            return f"resource:{uri}", uri
+    elif method in ("resources/subscribe", "resources/unsubscribe"):
+        uri = str(params.get("uri", ""))
+        return f"resource:{uri}", uri
+    return None
+
+
 async def handle_passthrough(req: McpRequest) -> Reply:
-    """Methods that name nothing policy can match (lists, completion, log level, subscriptions)."""
+    """Methods that name nothing policy can match (lists, log level), passed through and audited;
+    those that name a prompt or resource (_named_by) are decided first, like a read of it."""
+    named = _named_by(req)
+    if named is not None:
+        tool, resource = named
+        decided = await _decide(
+            req,
+            tool=tool,
+            arguments={},
+            request_id=uuid.uuid4().hex,
+            started=time.perf_counter(),
+            action="read",
+            resource=resource,
+        )
+        decision = decided.decision
+        if decision.decision != "allow":
+            raise _read_denied(req.message["id"], decision)
+        return Reply(body=shape_result(req, await _forward_for_response(req)))  # its decision event is the audit
     message = await _forward_for_response(req)
     await record_best_effort(
         req,

@@ -3,6 +3,7 @@
 import pytest
 
 from audit.models import AuditEvent
+from tests.conftest import TEST_ACTOR
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("starter_policies")]
@@ -236,3 +237,32 @@ async def test_the_agent_gets_the_upstreams_capabilities_and_instructions(
     relayed = slug == "legacy" and mode == "legacy"
     if not relayed:
         assert not capabilities.tools.list_changed and not capabilities.resources.subscribe
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_completion_for_a_refused_prompt_is_refused_too(behavry_url, demo_server, token, mode):
+    """The outsider's probe: an agent refused `prompt:summarize` must not read the workspace's
+    paths through the completion of that prompt's argument."""
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import PromptReference
+
+    from policies.services import policy_create
+
+    await run_in_thread(
+        policy_create,
+        data={"name": "no summaries", "effect": "deny", "tools": ["prompt:summarize"], "reason": "not for you"},
+        by=TEST_ACTOR,
+    )
+    async with mcp_client(f"{behavry_url}/mcp/demo", token, mode) as client:
+        allowed = await client.complete(
+            PromptReference(type="ref/prompt", name="release_notes"), {"name": "version", "value": ""}
+        )
+        with pytest.raises(MCPError, match="no-summaries"):
+            await client.complete(PromptReference(type="ref/prompt", name="summarize"), {"name": "path", "value": "/"})
+    assert allowed.completion is not None
+    decisions = await run_in_thread(
+        lambda: list(
+            AuditEvent.objects.filter(kind="decision", tool="prompt:summarize").values_list("decision", flat=True)
+        )
+    )
+    assert decisions == ["deny"]

@@ -898,7 +898,7 @@ async def handle_initialize(req: McpRequest) -> Reply:
         raise rpc.RpcError(
             rpc.INVALID_PARAMS, "Invalid params: initialize needs protocolVersion, capabilities, clientInfo", id=msg_id
         )
-    version = requested if requested in rpc.LEGACY_VERSIONS else rpc.LATEST_LEGACY
+    version = requested if requested in rpc.NEGOTIATED_LEGACY_VERSIONS else rpc.LATEST_LEGACY
     session = await database_sync_to_async(agent_session_open)(
         agent_id=req.identity.agent_id,
         server_id=req.target.id,

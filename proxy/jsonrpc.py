@@ -19,6 +19,10 @@ POLICY_DENIED = 1403
 UPSTREAM_FAILED = 1502
 
 LEGACY_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
+# What initialize agrees to. Not 2025-03-26, which obliges a server to take JSON-RPC batches
+# (Behavry refuses them: a batch is many decisions in one body); asked for it, Behavry offers its
+# latest and the client decides, as version negotiation provides.
+NEGOTIATED_LEGACY_VERSIONS = ("2025-06-18", "2025-11-25")
 LATEST_LEGACY = "2025-11-25"
 MODERN_VERSIONS = ("2026-07-28",)
 LATEST_MODERN = "2026-07-28"

@@ -439,3 +439,13 @@ async def test_a_get_stream_ends_when_its_agent_is_suspended(behavry_url, legacy
             return b"".join([chunk async for chunk in chunks])
 
         await asyncio.wait_for(drained(), 10)  # the stream ends, rather than run on
+
+
+@pytest.mark.parametrize(("asked", "agreed"), [("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-11-25")])
+async def test_initialize_agrees_only_to_versions_whose_rules_behavry_keeps(url, token, asked, agreed):
+    """2025-03-26 obliges a server to accept JSON-RPC batches, which Behavry refuses: asked for it,
+    Behavry offers its latest 2025 version and the client decides."""
+    params = {"protocolVersion": asked, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    response = await post(url, body, {"Authorization": f"Bearer {token}", "Accept": ACCEPT})
+    assert response.json()["result"]["protocolVersion"] == agreed

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -117,7 +119,13 @@ async def upstream_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
 
 
 def _bridge_session_id(req: McpRequest) -> str:
-    return f"bridge-{req.identity.agent_id}-{req.target.id}"
+    """One bridge per (agent, upstream, declared client capabilities): a 2026-07-28 client declares
+    them on each request, and a 2025 upstream takes them once, at initialize, for the session. A
+    bridge shared across capability sets would put questions to a client that declared none, or
+    refuse them to one that did."""
+    canonical = json.dumps(req.client_capabilities, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode("utf-8", "backslashreplace")).hexdigest()[:16]
+    return f"bridge-{req.identity.agent_id}-{req.target.id}-{digest}"
 
 
 async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSession:

@@ -453,3 +453,19 @@ async def test_a_ping_tool_on_a_2026_upstream_says_there_is_no_ping(behavry_url,
         result = await client.call_tool("ping_client", {})
     assert not result.is_error
     assert result.content[0].text.startswith("no ping on this protocol era")
+
+
+async def test_a_2025_upstream_bridge_follows_the_capabilities_each_request_declares(behavry_url, legacy_server, token):
+    """A 2026-07-28 client declares its capabilities per request; the 2025 upstream takes them once,
+    at the bridge session's initialize. A program that declared none (first) and one that
+    declares elicitation (second), on one agent token, each get what they declared."""
+    _asked, answer = answering(confirm=True)
+    from mcp.shared.exceptions import MCPError
+
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "2026-07-28") as plain:
+        await plain.list_tools()  # opens a bridge without elicitation
+        with pytest.raises(MCPError, match="did not declare"):  # never put to a client that cannot answer
+            await plain.call_tool("ask_user", {"question": "Unasked?"})
+    async with mcp_client(f"{behavry_url}/mcp/legacy", token, "2026-07-28", elicitation_callback=answer) as asking:
+        result = await asking.call_tool("ask_user", {"question": "Deploy now?"})
+    assert not result.is_error and result.content[0].text == "The user answered yes."

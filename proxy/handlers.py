@@ -1005,6 +1005,7 @@ async def handle_tools_list(req: McpRequest) -> Reply:
             logger.exception("tools/list filtering failed; listing nothing")
             stats["fail_closed"] += 1
             visible = []
+        offered = len(result["tools"])
         result = {**result, "tools": visible}
         if req.era == "modern":
             result["cacheScope"] = "private"  # filtered per agent: shared caches must not reuse it
@@ -1016,7 +1017,7 @@ async def handle_tools_list(req: McpRequest) -> Reply:
             tool="",
             decision="allow",
             policy_id=PASSTHROUGH,
-            details={"method": "tools/list", "listed": len(visible), "offered": len(result.get("tools", []))},
+            details={"method": "tools/list", "listed": len(visible), "offered": offered},
         )
     return Reply(body=shape_result(req, {**message, "id": msg_id}))
 

@@ -78,6 +78,8 @@ async def test_tools_list_shows_only_what_the_agent_could_be_allowed(behavry_url
         "announce_tools_changed",
         "show_credentials",
     }
+    listing = await run_in_thread(lambda: AuditEvent.objects.filter(action="list").latest("id").details)
+    assert listing["listed"] == len(names) and listing["offered"] == len(names) + 2  # delete_file, send_email
 
 
 @pytest.mark.parametrize("mode", MODES)

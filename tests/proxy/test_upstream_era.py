@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from django.urls import reverse
 
 from proxy import upstream
 from proxy.models import UpstreamServer
 from proxy.services import upstream_server_create, upstream_server_set_era, upstream_server_update
 from proxy.upstream import UpstreamError, UpstreamIsModern
-from tests.conftest import TEST_ACTOR, free_port
+from tests.conftest import TEST_ACTOR
 from tests.factories import UpstreamServerFactory
+from tests.proxy.asgi_server import serve_in_thread
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 from tests.proxy.test_upstream import Scripted, target
 
@@ -183,16 +181,8 @@ class FlakyModern:
 @pytest.fixture(scope="module")
 def flaky_modern():
     app = FlakyModern()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield app, f"http://127.0.0.1:{port}/mcp"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as base:
+        yield app, f"{base}/mcp"
 
 
 @pytest.fixture

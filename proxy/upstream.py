@@ -29,6 +29,7 @@ from django.conf import settings
 from yarl import URL
 
 from proxy import http1
+from proxy.generation import generation_watch
 from proxy.jsonrpc import (
     LATEST_LEGACY,
     LATEST_MODERN,
@@ -580,6 +581,10 @@ async def post(
         request_headers["Mcp-Session-Id"] = session_id
     if protocol_version:
         request_headers["MCP-Protocol-Version"] = protocol_version
+    if request_headers.get("Mcp-Method") == "tools/call" and (
+        request_headers.get("MCP-Protocol-Version") == LATEST_MODERN
+    ):
+        request_headers.update(await mcp_param_headers(target, message))
     body = json.dumps(message).encode()
     try:
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
@@ -677,6 +682,83 @@ def modern_request(message: dict[str, Any], *, client_info: dict, client_capabil
     if name_field and isinstance(params.get(name_field), str):
         headers["Mcp-Name"] = header_encode(params[name_field])
     return wrapped, headers
+
+
+# --- Mcp-Param-* headers (2026-07-28) -------------------------------------------------------------
+#
+# A tool's inputSchema may mark arguments with `x-mcp-header`; a 2026-07-28 tools/call then carries
+# each such argument also as an `Mcp-Param-<token>` header, and the upstream refuses the call
+# (-32020) when header and body disagree or the header is missing. Behavry derives these headers
+# from the body it decided on (never passing on the agent's own), for agents of both eras: a
+# 2025 agent sends none. The schemas come from the tool catalog (tools/list, proxy.models.Tool),
+# per upstream, cached like the classification rows (proxy/classify.py): served while the cache
+# generation stands, so a call costs a dictionary lookup, and nothing more for the usual tool
+# without such arguments. A schema change that adds no tool moves no generation (the triggers do
+# not watch input_schema), so it applies within PARAM_MAP_SECONDS.
+PARAM_MAP_SECONDS = 60.0
+
+
+@functools.cache
+def _param_maps():
+    from proxy.identity import TTLCache  # proxy.identity imports this module
+
+    return TTLCache("mcp-param", lambda: PARAM_MAP_SECONDS, max_entries=10_000)
+
+
+def _read_param_maps(server_id: int) -> dict[str, dict[tuple[str, ...], str]]:
+    """{tool name: {argument path: header token}} of the upstream's catalogued tools that have
+    `x-mcp-header` arguments, stored in the cache. On a database thread."""
+    from proxy.models import Tool
+
+    cache = _param_maps()
+    started = cache.read_started()
+    maps: dict[str, dict[tuple[str, ...], str]] = {}
+    # Only schemas that mention the keyword at all: usually none, and the SDK (imported once, about
+    # a second) is needed only when one does.
+    rows = Tool.objects.filter(server_id=server_id, input_schema__icontains="x-mcp-header")
+    for name, schema in rows.values_list("name", "input_schema"):
+        from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+
+        # An invalid annotation makes the SDK server check no header of the tool (and its client
+        # drop the tool): nothing to send.
+        if find_invalid_x_mcp_header(schema) is None and (header_map := x_mcp_header_map(schema)):
+            maps[name] = header_map
+    cache.put(server_id, maps, started)
+    return maps
+
+
+async def mcp_param_headers(target: UpstreamTarget, message: dict[str, Any]) -> dict[str, str]:
+    """The `Mcp-Param-*` headers of a 2026-07-28 tools/call, from its arguments and the tool's schema."""
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if not isinstance(name, str) or not isinstance(arguments, dict) or not arguments:
+        return {}  # no argument, no header
+    hit, maps = _param_maps().get(target.id, generation_watch.peek(), _read_param_maps, target.id)
+    if not hit:
+        from behavry.dbthreads import on_db_thread
+
+        try:
+            maps = await on_db_thread(_read_param_maps, target.id)
+        except Exception:
+            # The call is decided and audited already; the headers only repeat the body. Without
+            # them an upstream that needs them refuses the call (-32020), which the agent is told.
+            logger.exception("could not read the x-mcp-header schemas of upstream %s", target.slug)
+            return {}
+    header_map = maps.get(name)
+    if not header_map:
+        return {}
+    from mcp.shared.inbound import mcp_param_headers as render
+
+    headers: dict[str, str] = {}
+    for path, token in header_map.items():
+        try:
+            headers.update(render({path: token}, arguments))
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON allows "\ud800") has no UTF-8 and so no header: left out, the
+            # upstream refuses the call with -32020 instead of the forward path raising.
+            continue
+    return headers
 
 
 def legacy_request(message: dict[str, Any]) -> dict[str, Any]:

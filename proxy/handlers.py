@@ -108,12 +108,16 @@ KEEPALIVE = object()  # yielded by a stream to send an SSE comment line
 
 
 async def upstream_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
-    """The upstream's era, detected once and remembered on the server row."""
+    """The upstream's era, detected once and remembered on the server row. Without a clear answer
+    detect_era raises UpstreamError and nothing is remembered: the next request asks again. The
+    verdict is stored only while the row still has the URL it is about (a new URL is asked anew)."""
     if target.era in ("legacy", "modern"):
         return target.era, {}
     era, discovered = await detect_era(target)
     version = rpc.LATEST_MODERN if era == "modern" else ""
-    await database_sync_to_async(upstream_server_set_era)(server_id=target.id, era=era, protocol_version=version)
+    await database_sync_to_async(upstream_server_set_era)(
+        server_id=target.id, era=era, protocol_version=version, url=target.url
+    )
     clear_caches()
     return era, discovered
 

@@ -84,9 +84,17 @@ def upstream_server_update(*, server: UpstreamServer, by: Actor, **fields: Any) 
             f"Cannot change {', '.join(sorted(unknown))}.", fields={f: ["Not editable."] for f in unknown}
         )
     before = {key: getattr(server, key) for key in fields}
+    # The stored URL, not the instance's: the admin's form has already set the new one on it.
+    stored_url = UpstreamServer.objects.filter(pk=server.pk).values_list("url", flat=True).first()
     for key, value in fields.items():
         setattr(server, key, value)
     _validate_server(server)
+    if server.url != stored_url:
+        from proxy.models import UpstreamEra
+
+        # Another URL may be another server, of another era: detected again on the next request.
+        server.era = UpstreamEra.UNKNOWN
+        server.protocol_version = ""
     server.save()
     changed = {k: v for k, v in fields.items() if before[k] != v}
     if changed:
@@ -211,9 +219,14 @@ def tool_update(
     return tool
 
 
-def upstream_server_set_era(*, server_id: int, era: str, protocol_version: str) -> None:
-    """Remember which protocol era an upstream speaks (detected by the proxy, not an admin action)."""
-    UpstreamServer.objects.filter(pk=server_id).update(era=era, protocol_version=protocol_version)
+def upstream_server_set_era(*, server_id: int, era: str, protocol_version: str, url: str | None = None) -> None:
+    """Remember which protocol era an upstream speaks (detected by the proxy, not an admin action).
+    With `url`, only while the server still has that URL: a detection that ran against the old URL
+    while an admin changed it must not stick to the new one."""
+    rows = UpstreamServer.objects.filter(pk=server_id)
+    if url is not None:
+        rows = rows.filter(url=url)
+    rows.update(era=era, protocol_version=protocol_version)
 
 
 @transaction.atomic

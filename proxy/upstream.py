@@ -29,6 +29,7 @@ from django.conf import settings
 from yarl import URL
 
 from proxy import http1
+from proxy.generation import generation_watch
 from proxy.jsonrpc import (
     LATEST_LEGACY,
     LATEST_MODERN,
@@ -42,7 +43,8 @@ from proxy.jsonrpc import (
 logger = logging.getLogger("behavry.proxy.upstream")
 
 BEHAVRY_CLIENT_INFO = {"name": "behavry-proxy", "version": "0.1.0"}
-MODERN_ERROR_CODES = {-32020, -32021, -32022}
+UNSUPPORTED_VERSION = -32022
+MODERN_ERROR_CODES = {-32020, -32021, UNSUPPORTED_VERSION}
 # aiohttp's TimeoutErrors are also ClientErrors; they must be checked first to say "timed out".
 CLIENT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
 # An error body (a refused session, a DELETE's answer) is read only to be glanced at.
@@ -63,6 +65,20 @@ class UpstreamSessionGone(UpstreamError):
 
 class UpstreamAnswerTooLarge(UpstreamError):
     """The upstream's answer (a JSON body, an SSE event or line) passed BEHAVRY_UPSTREAM_MAX_ANSWER_BYTES."""
+
+
+class UpstreamNotJsonRpc(UpstreamError):
+    """The upstream answered with a body that is no JSON-RPC message (an HTML error page, nothing).
+    `status` is kept because era detection reads a 404 from a 503 differently."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamIsModern(UpstreamError):
+    """The upstream refused a 2025-era `initialize` as an unsupported version (-32022): it speaks
+    2026-07-28 only, so the era remembered for it is wrong."""
 
 
 @dataclass(frozen=True)
@@ -565,6 +581,10 @@ async def post(
         request_headers["Mcp-Session-Id"] = session_id
     if protocol_version:
         request_headers["MCP-Protocol-Version"] = protocol_version
+    if request_headers.get("Mcp-Method") == "tools/call" and (
+        request_headers.get("MCP-Protocol-Version") == LATEST_MODERN
+    ):
+        request_headers.update(await mcp_param_headers(target, message))
     body = json.dumps(message).encode()
     try:
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
@@ -607,7 +627,7 @@ async def post(
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise UpstreamError(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message")
+        raise UpstreamNotJsonRpc(f"upstream {target.slug} answered HTTP {status} without a JSON-RPC message", status)
     return UpstreamReply(status, session_header, False, _one(parsed), None)
 
 
@@ -664,6 +684,83 @@ def modern_request(message: dict[str, Any], *, client_info: dict, client_capabil
     return wrapped, headers
 
 
+# --- Mcp-Param-* headers (2026-07-28) -------------------------------------------------------------
+#
+# A tool's inputSchema may mark arguments with `x-mcp-header`; a 2026-07-28 tools/call then carries
+# each such argument also as an `Mcp-Param-<token>` header, and the upstream refuses the call
+# (-32020) when header and body disagree or the header is missing. Behavry derives these headers
+# from the body it decided on (never passing on the agent's own), for agents of both eras: a
+# 2025 agent sends none. The schemas come from the tool catalog (tools/list, proxy.models.Tool),
+# per upstream, cached like the classification rows (proxy/classify.py): served while the cache
+# generation stands, so a call costs a dictionary lookup, and nothing more for the usual tool
+# without such arguments. A schema change that adds no tool moves no generation (the triggers do
+# not watch input_schema), so it applies within PARAM_MAP_SECONDS.
+PARAM_MAP_SECONDS = 60.0
+
+
+@functools.cache
+def _param_maps():
+    from proxy.identity import TTLCache  # proxy.identity imports this module
+
+    return TTLCache("mcp-param", lambda: PARAM_MAP_SECONDS, max_entries=10_000)
+
+
+def _read_param_maps(server_id: int) -> dict[str, dict[tuple[str, ...], str]]:
+    """{tool name: {argument path: header token}} of the upstream's catalogued tools that have
+    `x-mcp-header` arguments, stored in the cache. On a database thread."""
+    from proxy.models import Tool
+
+    cache = _param_maps()
+    started = cache.read_started()
+    maps: dict[str, dict[tuple[str, ...], str]] = {}
+    # Only schemas that mention the keyword at all: usually none, and the SDK (imported once, about
+    # a second) is needed only when one does.
+    rows = Tool.objects.filter(server_id=server_id, input_schema__icontains="x-mcp-header")
+    for name, schema in rows.values_list("name", "input_schema"):
+        from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+
+        # An invalid annotation makes the SDK server check no header of the tool (and its client
+        # drop the tool): nothing to send.
+        if find_invalid_x_mcp_header(schema) is None and (header_map := x_mcp_header_map(schema)):
+            maps[name] = header_map
+    cache.put(server_id, maps, started)
+    return maps
+
+
+async def mcp_param_headers(target: UpstreamTarget, message: dict[str, Any]) -> dict[str, str]:
+    """The `Mcp-Param-*` headers of a 2026-07-28 tools/call, from its arguments and the tool's schema."""
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if not isinstance(name, str) or not isinstance(arguments, dict) or not arguments:
+        return {}  # no argument, no header
+    hit, maps = _param_maps().get(target.id, generation_watch.peek(), _read_param_maps, target.id)
+    if not hit:
+        from behavry.dbthreads import on_db_thread
+
+        try:
+            maps = await on_db_thread(_read_param_maps, target.id)
+        except Exception:
+            # The call is decided and audited already; the headers only repeat the body. Without
+            # them an upstream that needs them refuses the call (-32020), which the agent is told.
+            logger.exception("could not read the x-mcp-header schemas of upstream %s", target.slug)
+            return {}
+    header_map = maps.get(name)
+    if not header_map:
+        return {}
+    from mcp.shared.inbound import mcp_param_headers as render
+
+    headers: dict[str, str] = {}
+    for path, token in header_map.items():
+        try:
+            headers.update(render({path: token}, arguments))
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON allows "\ud800") has no UTF-8 and so no header: left out, the
+            # upstream refuses the call with -32020 instead of the forward path raising.
+            continue
+    return headers
+
+
 def legacy_request(message: dict[str, Any]) -> dict[str, Any]:
     """Strip the 2026-07-28 `_meta` protocol fields before sending to a 2025-era upstream."""
     params = message.get("params")
@@ -674,36 +771,99 @@ def legacy_request(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "params": params}
 
 
-async def detect_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
-    """Probe with server/discover: a 2026-07-28 server answers it, an older one refuses it.
+# Era detection concludes only from an answer about the request itself. A status outside these
+# (401/403, 408/429, 5xx, a redirect) comes from whatever sits in front of the upstream or from a
+# passing state of it: it says nothing about the protocol, and remembering a guess from it pinned
+# a 2026-only upstream to "legacy" for good after one 503 during a deploy.
+ANSWER_STATUSES = frozenset({200, 400, 404, 405})
+# Of those, the statuses a 2025-era server refuses an unknown request with: with a JSON-RPC error
+# that is not one of the 2026 codes, they are its answer to server/discover.
+REFUSAL_STATUSES = frozenset({400, 404, 405})
 
-    Returns ("modern", discover result) or ("legacy", {}).
-    """
-    probe = {"jsonrpc": "2.0", "id": "behavry-discover", "method": "server/discover", "params": {}}
-    wrapped, headers = modern_request(probe, client_info=BEHAVRY_CLIENT_INFO, client_capabilities={})
+
+def _error_code(message: dict[str, Any] | None) -> int | None:
+    """The JSON-RPC error code in an answer, or None. Read defensively: the body is the upstream's
+    (or a proxy's in front of it: OAuth's 401 says {"error": "invalid_token"})."""
+    error = (message or {}).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+async def _probe(
+    target: UpstreamTarget, message: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, str | None, dict[str, Any] | None]:
+    """POST one detection probe: (HTTP status, session id, the response to it or None when the
+    body is no JSON-RPC message). Transport failures are UpstreamError: no verdict."""
     try:
-        reply = await post(target, wrapped, headers=headers)
-    except UpstreamSessionGone:
-        return "legacy", {}
-    except UpstreamError as exc:
-        if "HTTP" in str(exc) or "without a JSON-RPC" in str(exc):
-            return "legacy", {}  # a plain HTTP refusal: a 2025-era server
-        raise  # unreachable: no verdict, let the caller fail closed
-    message: dict[str, Any] = {}
+        reply = await post(target, message, headers=headers)
+    except UpstreamNotJsonRpc as exc:
+        return exc.status, None, None
+    answer: dict[str, Any] | None = None
     try:
         async for candidate in reply.messages:
-            if "result" in candidate or "error" in candidate:
-                message = candidate
+            if candidate.get("id") == message["id"] and ("result" in candidate or "error" in candidate):
+                answer = candidate
+                break
+            if candidate.get("id") is None and "error" in candidate:  # about the request, unread (id null)
+                answer = candidate
                 break
     finally:
         await reply.aclose()
-    result = message.get("result")
-    if reply.status == 200 and isinstance(result, dict) and LATEST_MODERN in (result.get("supportedVersions") or []):
-        return "modern", result
-    error = message.get("error") or {}
-    if error.get("code") in MODERN_ERROR_CODES:
+    return reply.status, reply.session_id, answer
+
+
+def _no_verdict(target: UpstreamTarget, what: str, status: int) -> UpstreamError:
+    return UpstreamError(
+        f"upstream {target.slug} answered {what} with HTTP {status}; its protocol era is not known yet"
+        " (asked again on the next request)"
+    )
+
+
+async def detect_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
+    """Probe with server/discover: a 2026-07-28 server answers it, an older one refuses it.
+
+    Returns ("modern", discover result), ("modern", {}) or ("legacy", {}): a verdict the caller
+    may remember. Raises UpstreamError when the upstream gave no clear answer (unreachable,
+    401/403, 5xx, an HTML page...), so that nothing is remembered and the next request asks again.
+    An answer that is neither clearly modern nor a clear 2025-era refusal is settled by asking
+    `initialize`, which only a 2025-era server accepts.
+    """
+    probe = {"jsonrpc": "2.0", "id": "behavry-discover", "method": "server/discover", "params": {}}
+    wrapped, headers = modern_request(probe, client_info=BEHAVRY_CLIENT_INFO, client_capabilities={})
+    status, _session, message = await _probe(target, wrapped, headers)
+    if status not in ANSWER_STATUSES:
+        raise _no_verdict(target, "server/discover", status)
+    result = (message or {}).get("result")
+    if status == 200 and isinstance(result, dict):
+        versions = result.get("supportedVersions")
+        if isinstance(versions, list) and LATEST_MODERN in versions:
+            return "modern", result
+    code = _error_code(message)
+    if code in MODERN_ERROR_CODES:
         return "modern", {}
-    return "legacy", {}
+    if status in REFUSAL_STATUSES and code is not None:
+        return "legacy", {}  # e.g. the SDK's 400 -32000 "Bad Request: No valid session ID provided"
+    return await _initialize_probe(target)
+
+
+async def _initialize_probe(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
+    """Settle an unclear server/discover answer: a 2025-era server accepts `initialize` (its
+    session is then closed again), a 2026-only one refuses it with -32022."""
+    message = {
+        "jsonrpc": "2.0",
+        "id": "behavry-initialize",
+        "method": "initialize",
+        "params": {"protocolVersion": LATEST_LEGACY, "capabilities": {}, "clientInfo": BEHAVRY_CLIENT_INFO},
+    }
+    status, session_id, answer = await _probe(target, message)
+    result = (answer or {}).get("result")
+    if status == 200 and isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+        if session_id:
+            await legacy_terminate(target, session_id, result["protocolVersion"])
+        return "legacy", {}
+    if status in ANSWER_STATUSES and _error_code(answer) == UNSUPPORTED_VERSION:
+        return "modern", {}
+    raise _no_verdict(target, "server/discover and initialize", status)
 
 
 async def legacy_initialize(
@@ -728,7 +888,8 @@ async def legacy_initialize(
     response = await first_response(reply, "behavry-initialize")
     result = response.get("result")
     if not isinstance(result, dict):
-        raise UpstreamError(f"upstream {target.slug} refused initialize: {response.get('error')}")
+        refusal = UpstreamIsModern if _error_code(response) == UNSUPPORTED_VERSION else UpstreamError
+        raise refusal(f"upstream {target.slug} refused initialize: {response.get('error')}")
     version = result.get("protocolVersion") or protocol_version
     done = await post(
         target,

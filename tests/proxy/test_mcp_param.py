@@ -1,0 +1,91 @@
+"""Tools with `x-mcp-header` arguments through Behavry: a 2026-07-28 upstream gets the
+`Mcp-Param-*` headers derived from the body Behavry decided on, whatever era the agent speaks.
+The upstream is the official SDK server (tests/proxy/param_upstream.py, served on a thread), which refuses a call
+whose headers are missing or disagree with the body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from audit.models import AuditEvent
+from proxy import upstream
+from proxy.services import upstream_server_create
+from tests.conftest import TEST_ACTOR
+from tests.proxy.asgi_server import serve_in_thread
+from tests.proxy.conftest import MODES, mcp_client, run_in_thread
+from tests.proxy.param_upstream import build_app
+
+MODERN = "2026-07-28"
+
+
+@pytest.fixture(scope="module")
+def param_upstream():
+    with serve_in_thread(build_app(), lifespan="on") as base:
+        yield f"{base}/mcp"
+
+
+@pytest.fixture
+def url(behavry_url, param_upstream, starter_policies):
+    upstream_server_create(slug="params", name="Params", url=param_upstream, by=TEST_ACTOR)
+    return f"{behavry_url}/mcp/params"
+
+
+def _outcomes(tool: str) -> list[dict]:
+    return list(AuditEvent.objects.filter(tool=tool, kind="outcome").order_by("id").values("details"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_tool_with_header_arguments_works_through_behavry_in_either_era(url, token, mode):
+    async with mcp_client(url, token, MODERN) as lister:
+        await lister.list_tools()  # the catalog Behavry derives the headers from
+    async with mcp_client(url, token, mode) as client:
+        # Not-ASCII (sent base64-wrapped), an integer, and an argument left out (no header then).
+        both = await client.call_tool("get_region", {"region": "Zürich", "zone": 7, "verbose": True})
+        region_only = await client.call_tool("get_region", {"region": "eu-west"})
+    assert (both.is_error, both.content[0].text) == (False, "region=Zürich zone=7")
+    assert (region_only.is_error, region_only.content[0].text) == (False, "region=eu-west zone=0")
+    assert [o["details"]["status"] for o in await run_in_thread(_outcomes, "get_region")] == ["ok", "ok"]
+
+
+async def test_the_schemas_are_read_once_per_upstream_not_per_call(url, token, monkeypatch):
+    reads = []
+    read = upstream._read_param_maps
+    monkeypatch.setattr(upstream, "_read_param_maps", lambda server_id: reads.append(server_id) or read(server_id))
+    async with mcp_client(url, token, MODERN) as client:
+        await client.list_tools()
+        for _ in range(3):
+            assert not (await client.call_tool("get_region", {"region": "eu-west"})).is_error
+            assert not (await client.call_tool("get_plain", {"text": "x"})).is_error
+    assert len(reads) == 1
+
+
+async def test_an_argument_no_header_can_carry_is_refused_by_the_upstream_not_a_crash(url, token):
+    """A lone surrogate is valid JSON but has no UTF-8, so no header: the call goes without it, and
+    the agent gets the upstream's refusal, with an audited outcome."""
+    async with mcp_client(url, token, MODERN) as client:
+        await client.list_tools()
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
+    }
+    params = {"name": "get_region", "arguments": {"region": "\ud800"}, "_meta": meta}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "get_region",
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})  # ASCII: "\\ud800"
+
+    response = await asyncio.to_thread(httpx.post, url, content=body, headers=headers, timeout=30)
+
+    answer = response.json()
+    assert answer.get("error", {}).get("code") == -32020, answer  # the upstream's, passed on
+    assert [o["details"]["status"] for o in await run_in_thread(_outcomes, "get_region")] == ["error"]

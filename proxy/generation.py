@@ -43,7 +43,7 @@ BOUND_SECONDS = 1.0
 CHECK_AHEAD = 0.75
 
 TABLE = "proxy_cachegeneration"
-TRIGGER_PREFIX = "behavry_cache_v1_"  # a new version of the column lists gets a new prefix
+TRIGGER_PREFIX = "behavry_cache_v2_"  # a new version of the column lists gets a new prefix (v2: input_schema)
 
 
 def watched_tables() -> list[tuple[str, tuple[str, ...] | None]]:
@@ -65,7 +65,7 @@ def watched_tables() -> list[tuple[str, tuple[str, ...] | None]]:
         (UpstreamServer._meta.db_table, None),
         (
             Tool._meta.db_table,
-            columns(Tool, "server", "name", "default_action", "action_override", "resource_argument"),
+            columns(Tool, "server", "name", "default_action", "action_override", "resource_argument", "input_schema"),
         ),
     ]
 

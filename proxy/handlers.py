@@ -8,6 +8,7 @@ JSON body, or a stream of JSON-RPC messages to send as SSE.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -35,6 +36,7 @@ from proxy.services import tool_catalog_sync, upstream_server_set_era
 from proxy.upstream import (
     UpstreamAnswerTooLarge,
     UpstreamError,
+    UpstreamIsModern,
     UpstreamReply,
     UpstreamSessionGone,
     UpstreamTarget,
@@ -175,15 +177,35 @@ def _upstream_info(result: dict[str, Any]) -> dict[str, Any]:
     return {"capabilities": result.get("capabilities") or {}, "instructions": result.get("instructions")}
 
 
+async def _era_and_session(req: McpRequest) -> tuple[str, dict[str, Any], AgentSession | None]:
+    """The upstream's era (with what its detection discovered) and, for a 2025-era upstream, the
+    session that carries this request. An upstream remembered as 2025-era that refuses a 2025
+    initialize as an unsupported version has moved to 2026-07-28 (or an older detection got it
+    wrong): it is forgotten and asked again, instead of failing every call until an admin steps in."""
+    era, discovered = await upstream_era(req.target)
+    if era != "legacy":
+        return era, discovered, None
+    try:
+        return era, discovered, await _upstream_session(req)
+    except UpstreamIsModern:
+        await database_sync_to_async(upstream_server_set_era)(
+            server_id=req.target.id, era="unknown", protocol_version="", url=req.target.url
+        )
+        clear_caches()
+        req.target = dataclasses.replace(req.target, era="unknown")
+        era, discovered = await upstream_era(req.target)
+        return era, discovered, (await _upstream_session(req)) if era == "legacy" else None
+
+
 async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamReply:
     """Send one message upstream in the upstream's era, renewing a lost 2025-era session once."""
-    era, _ = await upstream_era(req.target)
+    era, _discovered, session = await _era_and_session(req)
     if era == "modern":
         wrapped, headers = modern_request(
             message, client_info=req.client_info, client_capabilities=req.client_capabilities
         )
         return await post(req.target, wrapped, headers=headers)
-    session = await _upstream_session(req)
+    assert session is not None, "a 2025-era upstream always comes with its session"
     outgoing = legacy_request(message)
     sent_id = _bridged_request_id(req, outgoing)
     if sent_id is not None:
@@ -865,7 +887,7 @@ def _park(req: McpRequest, upstream: UpstreamReply, question: dict[str, Any]) ->
 async def _upstream_capabilities(req: McpRequest) -> dict[str, Any]:
     """Capabilities and instructions the upstream declares (opening its 2025-era session if
     needed), less what Behavry cannot deliver to this agent (deliverable_capabilities)."""
-    era, discovered = await upstream_era(req.target)
+    era, discovered, session = await _era_and_session(req)
     if era == "modern":
         if not discovered:
             probe = {"jsonrpc": "2.0", "id": "behavry-discover", "method": "server/discover", "params": {}}
@@ -876,7 +898,8 @@ async def _upstream_capabilities(req: McpRequest) -> dict[str, Any]:
             discovered = response.get("result") or {}
         info = {"capabilities": discovered.get("capabilities") or {}, "instructions": discovered.get("instructions")}
     else:
-        info = (await _upstream_session(req)).upstream_info or {}
+        assert session is not None, "a 2025-era upstream always comes with its session"
+        info = session.upstream_info or {}
     capabilities = info.get("capabilities")
     return {**info, "capabilities": deliverable_capabilities(capabilities, agent=req.era, upstream=era)}
 
@@ -1181,7 +1204,11 @@ async def handle_client_message(req: McpRequest) -> Reply:
         request_id = (req.message.get("params") or {}).get("requestId")
         if request_id is not None:
             await inflight.cancel(req.session.pk, request_id)
-    era, _ = await upstream_era(req.target)
+    try:
+        era, _ = await upstream_era(req.target)
+    except UpstreamError as exc:
+        logger.info("could not relay %s upstream: %s", method or "response", exc)
+        return Reply(status=202)  # as when the relay itself fails: a notification has no answer
     if era == "modern" and method is not None:
         return Reply(status=202)  # a stateless upstream takes no notifications over HTTP
     try:

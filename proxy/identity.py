@@ -181,8 +181,10 @@ def _read_target(slug: str) -> UpstreamTarget | None:
 
 def clear_caches() -> None:
     from proxy.classify import _rows
+    from proxy.upstream import _param_maps
 
     _identities.clear()
     _targets.clear()
     _rows.clear()
+    _param_maps().clear()
     generation_watch.reset()

@@ -692,9 +692,8 @@ def modern_request(message: dict[str, Any], *, client_info: dict, client_capabil
 # from the body it decided on (never passing on the agent's own), for agents of both eras: a
 # 2025 agent sends none. The schemas come from the tool catalog (tools/list, proxy.models.Tool),
 # per upstream, cached like the classification rows (proxy/classify.py): served while the cache
-# generation stands, so a call costs a dictionary lookup, and nothing more for the usual tool
-# without such arguments. A schema change that adds no tool moves no generation (the triggers do
-# not watch input_schema), so it applies within PARAM_MAP_SECONDS.
+# generation stands (a changed input_schema moves it), so a call costs a dictionary lookup, and
+# nothing more for the usual tool without such arguments.
 PARAM_MAP_SECONDS = 60.0
 
 

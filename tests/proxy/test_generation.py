@@ -156,3 +156,11 @@ def test_a_database_that_cannot_be_read_raises(clock, monkeypatch):
     monkeypatch.setattr(generation, "read_generation", down)
     with pytest.raises(OSError):
         GenerationWatch().current()
+
+
+def test_a_changed_tool_schema_moves_it(tool):
+    """Behavry sends a 2026-07-28 upstream the Mcp-Param-* headers a tool's schema asks for
+    (proxy/upstream.py), from a cache this number keeps fresh."""
+    schema = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}
+    assert moves(lambda: Tool.objects.filter(pk=tool.pk).update(input_schema=schema))
+    assert not moves(lambda: Tool.objects.filter(pk=tool.pk).update(input_schema=schema))  # the same again

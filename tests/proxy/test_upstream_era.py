@@ -255,6 +255,18 @@ async def test_a_failure_at_first_contact_fails_that_call_and_the_next_one_finds
     assert "initialize" not in app.methods  # never taken for a 2025 server
 
 
+async def test_an_upstream_remembered_as_2025_era_that_refuses_a_2025_session_is_asked_again(flaky, token):
+    """A row an older detection pinned to "legacy" (or an upstream since moved to 2026-07-28): its
+    -32022 to initialize makes Behavry ask again instead of failing every call."""
+    _app, server, url = flaky
+    await run_in_thread(upstream_server_set_era, server_id=server.pk, era="legacy", protocol_version="")
+    for mode in MODES:
+        async with mcp_client(url, token, mode) as client:
+            result = await client.call_tool("echo", {})
+        assert not result.is_error and result.content[0].text == "modern echo", mode
+    assert await run_in_thread(_era, server) == ("modern", MODERN)
+
+
 # --- a new URL is detected again -----------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ try:
     # process. They live as long as the agent keeps them, on connections of their own, so however
     # many an agent opens, tool calls still find a connection; one past this is refused.
     BEHAVRY_UPSTREAM_MAX_GET_STREAMS = env_int("BEHAVRY_UPSTREAM_MAX_GET_STREAMS", 32, minimum=1)
+    BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT = env_int("BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT", 4, minimum=1)
     # An upstream's answer is held whole to be checked and re-shaped (about three copies of it at
     # once): past this many bytes in one JSON body or one SSE event the call fails instead of
     # filling a process that serves every agent.

@@ -12,6 +12,7 @@ without buffering.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from typing import Any
@@ -38,6 +39,10 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+# Open GET relays per (agent, upstream) in this process (BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT).
+_get_streams: collections.Counter[tuple[int, int]] = collections.Counter()
 
 
 class HttpError(Exception):
@@ -423,6 +428,21 @@ class McpEndpoint:
             raise _http_error(404, "Session not found", code=rpc.SESSION_NOT_FOUND)
         if not session.upstream_session_id:
             raise _http_error(405, "The upstream offers no GET stream", headers={"Allow": "POST, DELETE"})
+        key = (identity.agent_id, target.id)
+        cap = settings.BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT
+        if _get_streams[key] >= cap:
+            # One agent's sessions must not take every GET stream this process may hold to the
+            # upstream (BEHAVRY_UPSTREAM_MAX_GET_STREAMS), leaving none for other agents.
+            raise _http_error(429, f"Agent already has {cap} GET streams open to this upstream here")
+        _get_streams[key] += 1
+        try:
+            await self._relay_get(send, receive, headers, session, target)
+        finally:
+            _get_streams[key] -= 1
+            if not _get_streams[key]:
+                del _get_streams[key]
+
+    async def _relay_get(self, send, receive, headers: dict[str, str], session, target) -> None:
         try:
             upstream = await legacy_listen(target, session.upstream_session_id, session.upstream_protocol_version)
         except UpstreamError as exc:

@@ -449,3 +449,39 @@ async def test_initialize_agrees_only_to_versions_whose_rules_behavry_keeps(url,
     body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
     response = await post(url, body, {"Authorization": f"Bearer {token}", "Accept": ACCEPT})
     assert response.json()["result"]["protocolVersion"] == agreed
+
+
+async def test_one_agent_cannot_take_every_get_stream(behavry_url, legacy_server, token, settings):
+    """An agent's GET streams to one upstream are capped per process, so the upstream's budget of
+    GET streams stays open to other agents (the outsider here is the other agent)."""
+    import asyncio
+    import contextlib
+
+    settings.BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT = 2
+    url = f"{behavry_url}/mcp/legacy"
+    other_token = await run_in_thread(_other_agent_token)
+
+    async def open_stream(stack, http, bearer):
+        session_id = (await initialize(url, bearer)).headers["mcp-session-id"]
+        headers = {
+            "Authorization": f"Bearer {bearer}",
+            "Accept": "text/event-stream",
+            "Mcp-Session-Id": session_id,
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        return await stack.enter_async_context(http.stream("GET", url, headers=headers))
+
+    async with httpx.AsyncClient(timeout=30) as http, contextlib.AsyncExitStack() as stack:
+        first = [await open_stream(stack, http, token) for _ in range(2)]
+        assert [stream.status_code for stream in first] == [200, 200]
+        refused = await open_stream(stack, http, token)
+        assert refused.status_code == 429
+        assert (await open_stream(stack, http, other_token)).status_code == 200
+    from proxy import endpoint
+
+    for _ in range(100):  # the server notices the hang-ups and gives the places back
+        if not endpoint._get_streams:
+            break
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(timeout=30) as http, contextlib.AsyncExitStack() as stack:
+        assert (await open_stream(stack, http, token)).status_code == 200

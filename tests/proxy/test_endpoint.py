@@ -60,6 +60,17 @@ async def initialize(url, token):
     return await post(url, body, {"Authorization": f"Bearer {token}", "Accept": ACCEPT})
 
 
+async def get_stream_headers(url, token):
+    """A new 2025-11-25 session's headers for its GET stream."""
+    session_id = (await initialize(url, token)).headers["mcp-session-id"]
+    return {
+        "Authorization": f"Bearer {token}",
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": session_id,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+
+
 @pytest.fixture
 def url(behavry_url):
     return f"{behavry_url}/mcp/demo"
@@ -422,13 +433,7 @@ async def test_a_get_stream_ends_when_its_agent_is_suspended(behavry_url, legacy
     monkeypatch.setattr("proxy.endpoint.KEEPALIVE_SECONDS", 0.1)
     monkeypatch.setattr("proxy.identity.CACHE_SECONDS", 0)
     url = f"{behavry_url}/mcp/legacy"
-    session_id = (await initialize(url, token)).headers["mcp-session-id"]
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Accept": "text/event-stream",
-        "Mcp-Session-Id": session_id,
-        "MCP-Protocol-Version": "2025-11-25",
-    }
+    headers = await get_stream_headers(url, token)
     async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url, headers=headers) as stream:
         assert stream.status_code == 200
         chunks = stream.aiter_bytes()
@@ -462,13 +467,7 @@ async def test_one_agent_cannot_take_every_get_stream(behavry_url, legacy_server
     other_token = await run_in_thread(_other_agent_token)
 
     async def open_stream(stack, http, bearer):
-        session_id = (await initialize(url, bearer)).headers["mcp-session-id"]
-        headers = {
-            "Authorization": f"Bearer {bearer}",
-            "Accept": "text/event-stream",
-            "Mcp-Session-Id": session_id,
-            "MCP-Protocol-Version": "2025-11-25",
-        }
+        headers = await get_stream_headers(url, bearer)
         return await stack.enter_async_context(http.stream("GET", url, headers=headers))
 
     async with httpx.AsyncClient(timeout=30) as http, contextlib.AsyncExitStack() as stack:

@@ -1053,7 +1053,13 @@ async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
     """Lists, completion and the other requests that name nothing for policy: sent up, answered."""
     try:
         reply = await upstream_send(req, req.message)
-        return await _response_answering_upstream(req, reply, req.message["id"])
+        # A 2025 upstream's own requests before its answer (a completion handler asking
+        # roots/list, a ping) are answered at once: a ping as such, anything else "method not
+        # found". Only tools/call, prompts/get and resources/read carry questions to the agent
+        # (proxy/mrtr.py); unanswered, the upstream would hold the agent until its own timeout.
+        # Its progress and log notifications here are dropped.
+        answer = functools.partial(_answer_upstream_request, req)
+        return await first_response(reply, req.message["id"], answer_request=answer)
     except asyncio.CancelledError:
         # The agent cancelled: closing the upstream exchange (first_response does) is a 2026
         # upstream's cancel; a 2025 one on a bridge session must be told, as for tools/call.
@@ -1063,23 +1069,6 @@ async def _forward_for_response(req: McpRequest) -> dict[str, Any]:
         raise rpc.RpcError(
             rpc.UPSTREAM_FAILED, f"Upstream {req.target.slug} failed: {exc}", status=200, id=req.message["id"]
         ) from exc
-
-
-async def _response_answering_upstream(req: McpRequest, reply: UpstreamReply, msg_id: Any) -> dict[str, Any]:
-    """first_response, but a 2025 upstream's own requests before its answer (a completion handler
-    asking roots/list, a ping) are answered at once: a ping as such, anything else "method not
-    found". These answers are not relayed to the agent (only tools/call, prompts/get and
-    resources/read carry questions across, proxy/mrtr.py); unanswered, the upstream would hold the
-    agent until its own timeout. Its progress and log notifications here are dropped."""
-    try:
-        async for message in reply.messages:
-            if message.get("id") == msg_id and ("result" in message or "error" in message):
-                return message
-            if mrtr.is_server_request(message):
-                await _answer_upstream_request(req, message)
-    finally:
-        await reply.aclose()
-    raise UpstreamError("upstream ended its answer without a response")
 
 
 async def handle_named_read(req: McpRequest) -> Reply:
@@ -1094,7 +1083,17 @@ async def handle_named_read(req: McpRequest) -> Reply:
     tool, arguments = _policy_target(req)
     request_id = uuid.uuid4().hex
     await _check_parked_state(req, tool, arguments, request_id)
-    # The same decision step as tools/call: decision timeout and audit-before-forward included.
+    await _decide_read(req, tool, arguments, request_id, resource=value if method == "resources/read" else None)
+    return await _forward(req, tool, _no_outcome)
+
+
+async def _decide_read(
+    req: McpRequest, tool: str, arguments: dict[str, Any], request_id: str, *, resource: str | None
+) -> None:
+    """Decide a read (or a completion, a subscription) of `tool` (`prompt:<name>`, `resource:<uri>`)
+    with the same decision step as tools/call: decision timeout and audit-before-forward included.
+    Refused, it raises a JSON-RPC error (their results have no error form) with the same `behavry`
+    details a refused tool call carries."""
     decided = await _decide(
         req,
         tool=tool,
@@ -1102,24 +1101,17 @@ async def handle_named_read(req: McpRequest) -> Reply:
         request_id=request_id,
         started=time.perf_counter(),
         action="read",
-        resource=value if method == "resources/read" else None,
+        resource=resource,
     )
     decision = decided.decision
     if decision.decision != "allow":
-        raise _read_denied(msg_id, decision)
-    return await _forward(req, tool, _no_outcome)
-
-
-def _read_denied(msg_id: Any, decision: Decision) -> rpc.RpcError:
-    """A refused read (or completion, subscription): a JSON-RPC error, as their results have no
-    error form, with the same `behavry` details a refused tool call carries."""
-    return rpc.RpcError(
-        rpc.POLICY_DENIED,
-        f"Denied by Behavry: {decision.reason} (policy {decision.policy_id})",
-        status=200,
-        id=msg_id,
-        data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
-    )
+        raise rpc.RpcError(
+            rpc.POLICY_DENIED,
+            f"Denied by Behavry: {decision.reason} (policy {decision.policy_id})",
+            status=200,
+            id=req.message["id"],
+            data={"behavry": {"decision": "deny", "policy_id": decision.policy_id, "reason": decision.reason}},
+        )
 
 
 async def _no_outcome(*_args: Any, **_kwargs: Any) -> None:
@@ -1151,18 +1143,7 @@ async def handle_passthrough(req: McpRequest) -> Reply:
     named = _named_by(req)
     if named is not None:
         tool, resource = named
-        decided = await _decide(
-            req,
-            tool=tool,
-            arguments={},
-            request_id=uuid.uuid4().hex,
-            started=time.perf_counter(),
-            action="read",
-            resource=resource,
-        )
-        decision = decided.decision
-        if decision.decision != "allow":
-            raise _read_denied(req.message["id"], decision)
+        await _decide_read(req, tool, {}, uuid.uuid4().hex, resource=resource)
         return Reply(body=shape_result(req, await _forward_for_response(req)))  # its decision event is the audit
     message = await _forward_for_response(req)
     await record_best_effort(

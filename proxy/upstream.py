@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -654,12 +654,19 @@ async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
 
 
-async def first_response(reply: UpstreamReply, request_id: Any) -> dict[str, Any]:
-    """Read the reply until the response to `request_id`, dropping anything before it."""
+async def first_response(
+    reply: UpstreamReply,
+    request_id: Any,
+    answer_request: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Read the reply until the response to `request_id`, dropping anything before it; with
+    `answer_request`, the upstream's own requests before it are handed to that instead."""
     try:
         async for message in reply.messages:
             if message.get("id") == request_id and ("result" in message or "error" in message):
                 return message
+            if answer_request is not None and isinstance(message.get("method"), str) and "id" in message:
+                await answer_request(message)
     finally:
         await reply.aclose()
     raise UpstreamError("upstream ended its answer without a response")
@@ -848,13 +855,7 @@ async def detect_era(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
 async def _initialize_probe(target: UpstreamTarget) -> tuple[str, dict[str, Any]]:
     """Settle an unclear server/discover answer: a 2025-era server accepts `initialize` (its
     session is then closed again), a 2026-only one refuses it with -32022."""
-    message = {
-        "jsonrpc": "2.0",
-        "id": "behavry-initialize",
-        "method": "initialize",
-        "params": {"protocolVersion": LATEST_LEGACY, "capabilities": {}, "clientInfo": BEHAVRY_CLIENT_INFO},
-    }
-    status, session_id, answer = await _probe(target, message)
+    status, session_id, answer = await _probe(target, _initialize_message(LATEST_LEGACY, {}, {}))
     result = (answer or {}).get("result")
     if status == 200 and isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
         if session_id:
@@ -865,14 +866,8 @@ async def _initialize_probe(target: UpstreamTarget) -> tuple[str, dict[str, Any]
     raise _no_verdict(target, "server/discover and initialize", status)
 
 
-async def legacy_initialize(
-    target: UpstreamTarget, *, client_info: dict, client_capabilities: dict, protocol_version: str = LATEST_LEGACY
-) -> tuple[str, str, dict[str, Any]]:
-    """Open a 2025-era session upstream: initialize, then notifications/initialized.
-
-    Returns (upstream session id, negotiated version, initialize result).
-    """
-    message = {
+def _initialize_message(protocol_version: str, client_info: dict, client_capabilities: dict) -> dict[str, Any]:
+    return {
         "jsonrpc": "2.0",
         "id": "behavry-initialize",
         "method": "initialize",
@@ -882,7 +877,16 @@ async def legacy_initialize(
             "clientInfo": client_info or BEHAVRY_CLIENT_INFO,
         },
     }
-    reply = await post(target, message)
+
+
+async def legacy_initialize(
+    target: UpstreamTarget, *, client_info: dict, client_capabilities: dict, protocol_version: str = LATEST_LEGACY
+) -> tuple[str, str, dict[str, Any]]:
+    """Open a 2025-era session upstream: initialize, then notifications/initialized.
+
+    Returns (upstream session id, negotiated version, initialize result).
+    """
+    reply = await post(target, _initialize_message(protocol_version, client_info, client_capabilities))
     session_id = reply.session_id or ""
     response = await first_response(reply, "behavry-initialize")
     result = response.get("result")

@@ -32,3 +32,13 @@ def serve_in_thread(app, *, lifespan: str = "off") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+async def read_body(receive) -> bytes:
+    """A request's whole body, for a scripted ASGI upstream."""
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            return body

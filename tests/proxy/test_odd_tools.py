@@ -5,17 +5,14 @@ The SDK's servers cannot list a malformed tool (they validate their own), so the
 raw ASGI app speaking the 2026-07-28 era, served by uvicorn in a thread like Behavry itself.
 """
 
-import asyncio
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from policies.services import policy_create
 from proxy.services import upstream_server_create
-from tests.conftest import TEST_ACTOR, free_port
+from tests.conftest import TEST_ACTOR
+from tests.proxy.asgi_server import read_body, serve_in_thread
 from tests.proxy.test_endpoint import MODERN, modern_headers, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,12 +28,7 @@ ODD: list[dict] = []
 async def odd_upstream(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        event = await receive()
-        body += event.get("body", b"")
-        if not event.get("more_body"):
-            break
+    body = await read_body(receive)
     message = json.loads(body)
     if "id" not in message:  # a notification
         await send({"type": "http.response.start", "status": 202, "headers": []})
@@ -59,16 +51,8 @@ async def odd_upstream(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def odd_upstream_url():
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(odd_upstream, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/mcp"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(odd_upstream) as base:
+        yield f"{base}/mcp"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from proxy.services import upstream_server_create, upstream_server_set_era, upst
 from proxy.upstream import UpstreamError, UpstreamIsModern
 from tests.conftest import TEST_ACTOR
 from tests.factories import UpstreamServerFactory
-from tests.proxy.asgi_server import serve_in_thread
+from tests.proxy.asgi_server import read_body, serve_in_thread
 from tests.proxy.conftest import MODES, mcp_client, run_in_thread
 from tests.proxy.test_upstream import Scripted, target
 
@@ -141,12 +141,7 @@ class FlakyModern:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
 
         async def reply(status: int, data, content_type: bytes = b"application/json") -> None:

@@ -11,6 +11,7 @@ REFRESH_AHEAD of that (TTLCache), so no request waits for the database.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,12 @@ CACHE_SECONDS = 60.0
 # The share of an entry's lifetime after which a hit also re-reads it in the background. Late, as
 # each re-read is a database thread hop of about 1 ms of CPU (bench/README.md).
 REFRESH_AHEAD = 0.75
+# Each entry's re-read point is drawn from [REFRESH_AHEAD - REFRESH_SPREAD, REFRESH_AHEAD] of its
+# lifetime. Entries read together (a fleet's first calls, or all of them after the generation
+# moved) would otherwise all be re-read in the same second 45 s later: with 100 agents, 100 thread
+# hops of ~1 ms of CPU each in one second, on the cores that serve the calls. Spread, it is about
+# 7 a second over 15 s (bench/README.md, 2026-12-03 fourth session).
+REFRESH_SPREAD = 0.25
 _MAX_ENTRIES = 10_000
 
 
@@ -53,14 +60,21 @@ class AgentIdentity:
 class TTLCache:
     """Entries served without the database while the cache generation they were read under is the
     current one (proxy/generation.py) and they are younger than `lifetime()` seconds; past
-    REFRESH_AHEAD of that, a hit also starts a re-read in the background
+    its re-read point (REFRESH_AHEAD of that, less up to REFRESH_SPREAD), a hit also starts a re-read in the background
     (behavry.dbthreads.refresh_ahead), so steady traffic never waits for one. `lifetime` is a
     function so that the module constant it reads can be changed (tests, bench)."""
 
-    def __init__(self, name: str, lifetime: Callable[[], float], max_entries: int = _MAX_ENTRIES):
+    def __init__(
+        self,
+        name: str,
+        lifetime: Callable[[], float],
+        max_entries: int = _MAX_ENTRIES,
+        refresh_spread: float = REFRESH_SPREAD,
+    ):
         self._name = name
         self._lifetime = lifetime
         self._max_entries = max_entries
+        self._refresh_spread = refresh_spread
         self._lock = threading.Lock()
         self._data: dict = {}
         self._clears = 0  # moved by clear(): a read that started before it is not stored
@@ -70,7 +84,7 @@ class TTLCache:
     ) -> tuple[bool, Any]:
         """(True, value) on a hit. `generation` is the current cache generation: from the event
         loop generation_watch.peek() (None when unchecked for too long: every entry misses), on a
-        database thread generation_watch.current(). With `reload`, a hit past REFRESH_AHEAD of its
+        database thread generation_watch.current(). With `reload`, a hit past the re-read point of its
         lifetime also runs `reload(*args)` on a database thread in the background; `reload` must
         store what it reads."""
         entry = self._data.get(key)
@@ -78,7 +92,7 @@ class TTLCache:
             age = time.monotonic() - entry[0]
             lifetime = self._lifetime()
             if age < lifetime:
-                if reload is not None and age >= lifetime * REFRESH_AHEAD:
+                if reload is not None and age >= lifetime * entry[3]:
                     refresh_ahead((self._name, key), reload, *args)
                 return True, entry[2]
         return False, None
@@ -100,7 +114,8 @@ class TTLCache:
                 return
             if len(self._data) >= self._max_entries:
                 self._data.clear()  # crude but bounded: a burst of new keys only costs re-reads
-            self._data[key] = (read_at, generation, value)
+            refresh_at = REFRESH_AHEAD - self._refresh_spread * random.random()  # noqa: S311 (not a secret)
+            self._data[key] = (read_at, generation, value, refresh_at)
 
     def clear(self) -> None:
         with self._lock:

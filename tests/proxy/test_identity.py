@@ -87,7 +87,7 @@ def test_read_started_tags_a_read_with_the_generation_checked_before_it(clock):
 
 
 async def test_a_hit_starts_a_background_reload_only_late_in_its_lifetime(clock):
-    cache = identity.TTLCache("test", lambda: 1.0)
+    cache = identity.TTLCache("test", lambda: 1.0, refresh_spread=0)
     reloads = []
     cache.put("k", "v", started(clock))
 
@@ -102,6 +102,41 @@ async def test_a_hit_starts_a_background_reload_only_late_in_its_lifetime(clock)
     assert refreshes_running() == 1
     await dbthreads.refreshes_settled()
     assert reloads == ["k"]
+
+
+async def test_entries_read_together_are_reloaded_over_a_spread_of_their_lifetime(clock):
+    """A fleet's entries are read in the same second (first calls, or after the generation moved).
+    Their background re-reads must not all come in the same second again 45 s later."""
+    cache = identity.TTLCache("test", lambda: 1.0)
+    keys = [f"agent-{n}" for n in range(200)]
+    for key in keys:
+        cache.put(key, "v", started(clock))
+    reloads: list[str] = []
+
+    def reload(key: str) -> None:  # stores what it read, as the real ones do
+        reloads.append(key)
+        cache.put(key, "v", started(clock))
+
+    def hit_all() -> None:
+        for key in keys:
+            assert cache.get(key, G, reload, key) == (True, "v")
+
+    clock.now += identity.REFRESH_AHEAD - identity.REFRESH_SPREAD - 0.01
+    hit_all()
+    await dbthreads.refreshes_settled()
+    assert reloads == []  # nobody before the earliest re-read point
+
+    clock.now += identity.REFRESH_SPREAD / 2 + 0.01  # the middle of the spread
+    hit_all()
+    await dbthreads.refreshes_settled()
+    early = list(reloads)
+    assert 40 < len(early) < 160  # about half (uniform): spread, not all at once
+
+    clock.now += identity.REFRESH_SPREAD / 2
+    reloads.clear()
+    hit_all()
+    await dbthreads.refreshes_settled()
+    assert sorted(early + reloads) == sorted(keys)  # the rest by REFRESH_AHEAD, each key once
 
 
 def test_off_the_event_loop_a_hit_starts_no_reload(clock):

@@ -29,10 +29,19 @@ from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
 from proxy.identity import cached_identity, cached_target, identity_for_token, target_for_slug
-from proxy.upstream import CLIENT_ERRORS, UpstreamError, legacy_listen, legacy_terminate
+from proxy.upstream import (
+    CLIENT_ERRORS,
+    MCP_PARAM_PREFIX,
+    UpstreamError,
+    legacy_listen,
+    legacy_terminate,
+    mcp_param_mismatch,
+)
 
 logger = logging.getLogger("behavry.proxy")
 
+# The 2026-07-28 routing headers, each allowed once (ASGI gives names in lower case).
+_ROUTING_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
 KEEPALIVE_SECONDS = 15  # SSE comment interval on idle streams (the Python SDK's own ping interval)
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -77,6 +86,18 @@ async def _send_json(send, status: int, body: dict[str, Any] | None, headers: di
     await send({"type": "http.response.body", "body": payload})
 
 
+def _answer_status(req: handlers.McpRequest, status: int, body: dict[str, Any] | None) -> int:
+    """The HTTP status of a JSON answer: for a 2026-07-28 agent, a JSON-RPC error's own status
+    (rpc.MODERN_ERROR_STATUS), whether Behavry or the upstream raised it."""
+    if req.era != "modern" or body is None:
+        return status
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    if type(code) is not int:  # an upstream's odd code (a list, a bool) is no key
+        return status
+    return rpc.MODERN_ERROR_STATUS.get(code, status)
+
+
 class McpEndpoint:
     """ASGI callable. One instance serves every upstream; the slug comes from the URL route."""
 
@@ -118,7 +139,7 @@ class McpEndpoint:
             message = rpc.parse_message(body)
         except rpc.RpcError as exc:
             raise HttpError(exc.status, exc.body()) from None
-        req = await self._request(message, headers, identity, target)
+        req = await self._request(message, headers, identity, target, scope.get("headers", ()))
         await self._dispatch(req, receive, send)
 
     # --- checks ---------------------------------------------------------------------------------
@@ -202,7 +223,9 @@ class McpEndpoint:
                 return b"".join(chunks)
             event = await receive()
 
-    async def _request(self, message: dict, headers: dict[str, str], identity, target) -> handlers.McpRequest:
+    async def _request(
+        self, message: dict, headers: dict[str, str], identity, target, raw_headers=()
+    ) -> handlers.McpRequest:
         """Work out the agent's era and session, checking the era's header rules."""
         header_version = headers.get("mcp-protocol-version")
         params: dict = message["params"] if isinstance(message.get("params"), dict) else {}
@@ -219,7 +242,13 @@ class McpEndpoint:
             )
         )
         if modern:
+            if rpc.is_request(message):
+                self._check_modern_envelope(message, headers, raw_headers)
             version = meta_version or header_version
+            if not isinstance(version, str):
+                raise HttpError(
+                    400, rpc.error_message(msg_id, rpc.INVALID_PARAMS, "The _meta protocolVersion must be a string")
+                )
             if version not in rpc.MODERN_VERSIONS:
                 raise HttpError(
                     400,
@@ -231,7 +260,10 @@ class McpEndpoint:
                     ),
                 )
             self._check_modern_headers(message, headers, version)
-            return handlers.McpRequest(identity, target, "modern", version, message)
+            param_headers = {k: v for k, v in headers.items() if k.startswith(MCP_PARAM_PREFIX)}
+            if param_headers or message.get("method") == "tools/call":
+                await self._check_param_headers(message, param_headers, target)
+            return handlers.McpRequest(identity, target, "modern", version, message, param_headers=param_headers)
 
         if header_version is not None and header_version not in rpc.LEGACY_VERSIONS:
             raise HttpError(
@@ -253,6 +285,27 @@ class McpEndpoint:
             raise HttpError(404, rpc.error_message(msg_id, rpc.SESSION_NOT_FOUND, "Session not found"))
         return handlers.McpRequest(identity, target, "legacy", session.protocol_version, message, session)
 
+    def _check_modern_envelope(self, message: dict, headers: dict[str, str], raw_headers) -> None:
+        """A 2026-07-28 request's first rungs, in the SDK server's order: no routing header given
+        twice (a reader of the first copy and one of the last would disagree), then `_meta`
+        carrying the protocol version and the client's capabilities (-32602 without)."""
+        msg_id = message.get("id")
+        seen: set[bytes] = set()
+        for name, _value in raw_headers:
+            key = name.lower()
+            if key in _ROUTING_HEADERS:
+                if key in seen:
+                    text = f"{key.decode()} header appears more than once"
+                    raise HttpError(400, rpc.error_message(msg_id, rpc.HEADER_MISMATCH, text))
+                seen.add(key)
+        meta = message["params"].get("_meta") if isinstance(message.get("params"), dict) else None
+        if not isinstance(meta, dict):
+            meta = {}
+        missing = [key for key in (rpc.META_VERSION, rpc.META_CLIENT_CAPS) if key not in meta]
+        if missing:
+            text = f"Invalid params: _meta is missing the required envelope key(s): {', '.join(missing)}"
+            raise HttpError(400, rpc.error_message(msg_id, rpc.INVALID_PARAMS, text))
+
     def _check_modern_headers(self, message: dict, headers: dict[str, str], version: str) -> None:
         msg_id = message.get("id")
 
@@ -263,14 +316,23 @@ class McpEndpoint:
             return  # responses carry no method headers
         if headers.get("mcp-protocol-version") != version:
             raise mismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
-        method_header = headers.get("mcp-method")
-        if method_header is None or rpc.header_value(method_header) != message["method"]:
+        if headers.get("mcp-method") != message["method"]:  # verbatim: a method name is header-safe
             raise mismatch("Mcp-Method header does not match the request body's method")
         name_field = rpc.NAMED_METHODS.get(message["method"])
         if name_field:
             name_header = headers.get("mcp-name")
             if name_header is None or rpc.header_value(name_header) != message["params"].get(name_field):
                 raise mismatch(f"Mcp-Name header does not match the request body's '{name_field}'")
+
+    @staticmethod
+    async def _check_param_headers(message: dict, param_headers: dict[str, str], target) -> None:
+        """A 2026-07-28 tools/call's `Mcp-Param-*` headers against its arguments, for the tools
+        whose catalogued schema marks arguments `x-mcp-header`. Behavry reads the body, so the
+        transport obliges it to check them (400, -32020): an intermediary in front of Behavry
+        may have routed on them. Headers the catalog does not know are passed on unchecked."""
+        problem = await mcp_param_mismatch(target, message, param_headers)
+        if problem is not None:
+            raise HttpError(400, rpc.error_message(message.get("id"), rpc.HEADER_MISMATCH, problem))
 
     # --- dispatch -------------------------------------------------------------------------------
 
@@ -330,7 +392,8 @@ class McpEndpoint:
             try:
                 reply = work.result()
             except rpc.RpcError as exc:
-                await _send_json(send, exc.status, exc.body(), {})
+                body = exc.body()
+                await _send_json(send, _answer_status(req, exc.status, body), body, {})
                 return
             except Exception:
                 # Never a bare 500: the agent gets a JSON-RPC error and nothing was forwarded that
@@ -340,7 +403,7 @@ class McpEndpoint:
                 await _send_json(send, 503, body, {})
                 return
             if reply.stream is None:
-                await _send_json(send, reply.status, reply.body, reply.headers)
+                await _send_json(send, _answer_status(req, reply.status, reply.body), reply.body, reply.headers)
                 if reply.after is not None:
                     await asyncio.shield(reply.after)  # the outcome's commit; nothing may cancel it
                 return

@@ -69,6 +69,9 @@ class McpRequest:
     # and that upstream session: (session id, protocol version).
     bridged_id: str | None = None
     bridged_via: tuple[str, str] | None = None
+    # A 2026-07-28 agent's own `Mcp-Param-*` headers (checked against the body where the catalog
+    # knows the tool); those Behavry does not derive itself are passed on to a 2026 upstream.
+    param_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def actor(self) -> Actor:
@@ -204,7 +207,7 @@ async def upstream_send(req: McpRequest, message: dict[str, Any]) -> UpstreamRep
         wrapped, headers = modern_request(
             message, client_info=req.client_info, client_capabilities=req.client_capabilities
         )
-        return await post(req.target, wrapped, headers=headers)
+        return await post(req.target, wrapped, headers=headers, agent_param_headers=req.param_headers)
     assert session is not None, "a 2025-era upstream always comes with its session"
     outgoing = legacy_request(message)
     sent_id = _bridged_request_id(req, outgoing)

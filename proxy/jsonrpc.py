@@ -13,6 +13,7 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SESSION_NOT_FOUND = -32001  # legacy-era transport errors live in the implementation-defined range
 HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_VERSION = -32022
 # Behavry's own application errors sit outside -32768..-32000 (2026-07-28 allocation policy).
 POLICY_DENIED = 1403
@@ -49,6 +50,18 @@ CLIENT_METHODS = {
     "logging/setLevel",
 }
 NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# The HTTP status a 2026-07-28 answer carries with a JSON-RPC error (200 for any other code), as
+# the SDK's ERROR_CODE_HTTP_STATUS: that era's clients read the status before the body, and an
+# upstream's error relayed through Behavry should look as it would directly.
+MODERN_ERROR_STATUS = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    MISSING_CLIENT_CAPABILITY: 400,
+    UNSUPPORTED_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
 
 
 class RpcError(Exception):
@@ -124,19 +137,35 @@ def is_notification(message: dict) -> bool:
     return "method" in message and "id" not in message
 
 
-def header_value(raw: str) -> str:
-    """Decode the `=?base64?…?=` form the 2026-07-28 transport uses for values that are not header-safe."""
-    if raw.startswith("=?base64?") and raw.endswith("?="):
-        try:
-            return base64.b64decode(raw[9:-2], validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return raw
-    return raw
+_SENTINEL_START, _SENTINEL_END = "=?base64?", "?="
+
+
+def _is_sentinel(value: str) -> bool:
+    return value.startswith(_SENTINEL_START) and value.endswith(_SENTINEL_END) and len(value) >= 11
+
+
+def header_value(raw: str) -> str | None:
+    """Decode the `=?base64?…?=` form the 2026-07-28 transport uses for values that are not
+    header-safe. A malformed one (bad or non-canonical base64, bad UTF-8) is None, so that it
+    never equals a body value: taking it verbatim would let a header stand for a value the body
+    does not hold. As the SDK's decode_header_value."""
+    if not _is_sentinel(raw):
+        return raw
+    payload = raw[len(_SENTINEL_START) : -len(_SENTINEL_END)]
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None  # non-canonical: two headers for one value
+        return decoded.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def header_encode(value: str) -> str:
-    if value.isascii() and value.isprintable() and value == value.strip():
+    # A value that itself looks like the encoded form is encoded too, or the receiver would decode
+    # it into something else (the SDK's encode_header_value does the same).
+    if value.isascii() and value.isprintable() and value == value.strip() and not _is_sentinel(value):
         return value
     # A JSON string may hold a lone surrogate ("\ud800" parses to one): encoded as is, never an
     # exception on the forward path. A peer's strict decode then sees a mismatch, a clean -32020.
-    return "=?base64?" + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii") + "?="
+    return _SENTINEL_START + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii") + _SENTINEL_END

@@ -569,8 +569,12 @@ async def post(
     session_id: str | None = None,
     protocol_version: str | None = None,
     headers: dict[str, str] | None = None,
+    agent_param_headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
-    """POST one message upstream. The caller must `aclose()` the reply (it may hold a stream open)."""
+    """POST one message upstream. The caller must `aclose()` the reply (it may hold a stream open).
+    `agent_param_headers`: a 2026-07-28 agent's `Mcp-Param-*` headers, passed on where Behavry
+    derives none of that name (the transport obliges intermediaries to forward those it does not
+    know; the upstream checks them against the body, and policy never reads them)."""
     request_headers = {
         "Accept": "application/json, text/event-stream",
         "Content-Type": "application/json",
@@ -585,6 +589,11 @@ async def post(
         request_headers.get("MCP-Protocol-Version") == LATEST_MODERN
     ):
         request_headers.update(await mcp_param_headers(target, message))
+    if agent_param_headers:
+        derived = {name.lower() for name in request_headers}
+        for name, value in agent_param_headers.items():
+            if name not in derived:
+                request_headers[name] = value
     body = json.dumps(message).encode()
     try:
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
@@ -702,6 +711,7 @@ def modern_request(message: dict[str, Any], *, client_info: dict, client_capabil
 # generation stands (a changed input_schema moves it), so a call costs a dictionary lookup, and
 # nothing more for the usual tool without such arguments.
 PARAM_MAP_SECONDS = 60.0
+MCP_PARAM_PREFIX = "mcp-param-"  # lower case, as ASGI gives header names
 
 
 @functools.cache
@@ -711,14 +721,14 @@ def _param_maps():
     return TTLCache("mcp-param", lambda: PARAM_MAP_SECONDS, max_entries=10_000)
 
 
-def _read_param_maps(server_id: int) -> dict[str, dict[tuple[str, ...], str]]:
-    """{tool name: {argument path: header token}} of the upstream's catalogued tools that have
-    `x-mcp-header` arguments, stored in the cache. On a database thread."""
+def _read_param_maps(server_id: int) -> dict[str, tuple[dict[tuple[str, ...], str], dict]]:
+    """{tool name: ({argument path: header token}, input schema)} of the upstream's catalogued
+    tools that have `x-mcp-header` arguments, stored in the cache. On a database thread."""
     from proxy.models import Tool
 
     cache = _param_maps()
     started = cache.read_started()
-    maps: dict[str, dict[tuple[str, ...], str]] = {}
+    maps: dict[str, tuple[dict[tuple[str, ...], str], dict]] = {}
     # Only schemas that mention the keyword at all: usually none, and the SDK (imported once, about
     # a second) is needed only when one does.
     rows = Tool.objects.filter(server_id=server_id, input_schema__icontains="x-mcp-header")
@@ -728,9 +738,52 @@ def _read_param_maps(server_id: int) -> dict[str, dict[tuple[str, ...], str]]:
         # An invalid annotation makes the SDK server check no header of the tool (and its client
         # drop the tool): nothing to send.
         if find_invalid_x_mcp_header(schema) is None and (header_map := x_mcp_header_map(schema)):
-            maps[name] = header_map
+            maps[name] = (header_map, schema)
     cache.put(server_id, maps, started)
     return maps
+
+
+async def _tool_param_map(target: UpstreamTarget, name: str) -> tuple[dict[tuple[str, ...], str], dict] | None:
+    """The tool's ({argument path: header token}, input schema), or None when it has no
+    `x-mcp-header` argument: a dictionary lookup while the cache generation stands. Raises if the
+    catalog cannot be read."""
+    hit, maps = _param_maps().get(target.id, generation_watch.peek(), _read_param_maps, target.id)
+    if not hit:
+        from behavry.dbthreads import on_db_thread
+
+        maps = await on_db_thread(_read_param_maps, target.id)
+    return maps.get(name)
+
+
+async def mcp_param_mismatch(
+    target: UpstreamTarget, message: dict[str, Any], param_headers: dict[str, str]
+) -> str | None:
+    """Why a 2026-07-28 agent's `Mcp-Param-*` headers disagree with its tools/call, or None.
+    Checked as the SDK server checks them (present together and equal, or absent together), for
+    tools whose catalogued schema marks arguments; a tool the catalog does not know is checked by
+    its upstream, which gets the headers as they came."""
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if message.get("method") != "tools/call" or not isinstance(name, str):
+        return None
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict) or (not arguments and not param_headers):
+        return None  # a bad `arguments` is refused later (-32602); nothing to compare here
+    try:
+        known = await _tool_param_map(target, name)
+    except Exception:
+        # Not a policy input: the decision reads the body. Unchecked here, the headers still meet
+        # the upstream's own check.
+        logger.exception("could not read the x-mcp-header schemas of upstream %s", target.slug)
+        return None
+    if known is None:
+        return None
+    from mcp.shared.inbound import validate_mcp_param_headers
+
+    rejection = validate_mcp_param_headers(known[1], arguments, param_headers)
+    return rejection.message if rejection is not None else None
 
 
 async def mcp_param_headers(target: UpstreamTarget, message: dict[str, Any]) -> dict[str, str]:
@@ -740,20 +793,16 @@ async def mcp_param_headers(target: UpstreamTarget, message: dict[str, Any]) -> 
     arguments = params.get("arguments") if isinstance(params, dict) else None
     if not isinstance(name, str) or not isinstance(arguments, dict) or not arguments:
         return {}  # no argument, no header
-    hit, maps = _param_maps().get(target.id, generation_watch.peek(), _read_param_maps, target.id)
-    if not hit:
-        from behavry.dbthreads import on_db_thread
-
-        try:
-            maps = await on_db_thread(_read_param_maps, target.id)
-        except Exception:
-            # The call is decided and audited already; the headers only repeat the body. Without
-            # them an upstream that needs them refuses the call (-32020), which the agent is told.
-            logger.exception("could not read the x-mcp-header schemas of upstream %s", target.slug)
-            return {}
-    header_map = maps.get(name)
-    if not header_map:
+    try:
+        known = await _tool_param_map(target, name)
+    except Exception:
+        # The call is decided and audited already; the headers only repeat the body. Without
+        # them an upstream that needs them refuses the call (-32020), which the agent is told.
+        logger.exception("could not read the x-mcp-header schemas of upstream %s", target.slug)
         return {}
+    if known is None:
+        return {}
+    header_map = known[0]
     from mcp.shared.inbound import mcp_param_headers as render
 
     headers: dict[str, str] = {}

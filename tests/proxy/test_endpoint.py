@@ -168,7 +168,12 @@ async def test_an_unknown_method_is_not_forwarded(url, token):
         "jsonrpc": "2.0",
         "id": 1,
         "method": "admin/shutdown",
-        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}},
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
     }
     response = await post(url, body, modern_headers(token, "admin/shutdown"))
     assert response.status_code == 404
@@ -237,6 +242,72 @@ async def test_a_header_body_mismatch_is_minus_32020(url, token):
         modern_headers(token, "tools/call", "echo", **{"MCP-Protocol-Version": "2025-11-25"}),
     )
     assert wrong_version.status_code == 400
+
+
+async def test_a_modern_request_without_its_envelope_is_minus_32602(url, token):
+    """The protocol version and the client's capabilities are required in `_meta` (the SDK server's
+    first rung): a header alone does not make a 2026-07-28 request."""
+    no_meta = modern_call("echo", {"message": "hi"})
+    del no_meta["params"]["_meta"]
+    no_capabilities = modern_call("echo", {"message": "hi"})
+    del no_capabilities["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]
+    for body, missing in ((no_meta, "protocolVersion"), (no_capabilities, "clientCapabilities")):
+        response = await post(url, body, modern_headers(token, "tools/call", "echo"))
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == -32602 and missing in error["message"], error
+    assert await run_in_thread(AuditEvent.objects.filter(tool="echo").count) == 0
+
+
+async def test_a_routing_header_given_twice_is_minus_32020(url, token):
+    """Two Mcp-Name headers: a router reading the first and Behavry the last would disagree."""
+    headers = [(k, v) for k, v in modern_headers(token, "tools/call", "echo").items()]
+    headers.append(("Mcp-Name", "delete_file"))
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(url, content=json.dumps(modern_call("echo", {"message": "hi"})), headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == {"code": -32020, "message": "mcp-name header appears more than once"}
+
+
+async def test_an_encoded_mcp_name_must_decode_to_the_body_exactly(url, token):
+    """`=?base64?…?=` decodes to the name; a malformed or non-canonical one matches nothing (taken
+    verbatim, it would stand for a value the body does not hold)."""
+    body = modern_call("echo", {"message": "hi"})
+    good = await post(url, body, modern_headers(token, "tools/call", "=?base64?ZWNobw==?="))  # "echo"
+    assert good.status_code == 200 and good.json()["result"]["isError"] is False
+    for bad in ("=?base64?ZWNobw?=", "=?base64?ZWNobx==?=", "=?base64?not base64?="):
+        response = await post(url, body, modern_headers(token, "tools/call", bad))
+        assert response.status_code == 400 and response.json()["error"]["code"] == -32020, bad
+
+
+def test_a_name_that_looks_encoded_is_encoded_so_it_arrives_as_it_is():
+    from proxy import jsonrpc
+
+    looks_encoded = "=?base64?ZWNobw==?="
+    sent = jsonrpc.header_encode(looks_encoded)
+    assert sent != looks_encoded and jsonrpc.header_value(sent) == looks_encoded
+    assert jsonrpc.header_encode("echo") == "echo"
+    assert jsonrpc.header_value(jsonrpc.header_encode(" Zürich")) == " Zürich"
+
+
+async def test_an_upstreams_json_rpc_error_reaches_a_modern_agent_with_its_http_status(url, token):
+    """A 2026-07-28 client reads the status before the body: the upstream's "method not found"
+    for a method that era removed is a 404 through Behavry, as it is directly."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "logging/setLevel",
+        "params": {
+            "level": "info",
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    response = await post(url, body, modern_headers(token, "logging/setLevel"))
+    assert response.json()["error"]["code"] == -32601, response.text
+    assert response.status_code == 404
 
 
 async def test_an_unsupported_modern_version_is_minus_32022(url, token):

@@ -63,17 +63,14 @@ async def test_the_schemas_are_read_once_per_upstream_not_per_call(url, token, m
     assert len(reads) == 1
 
 
-async def test_an_argument_no_header_can_carry_is_refused_by_the_upstream_not_a_crash(url, token):
-    """A lone surrogate is valid JSON but has no UTF-8, so no header: the call goes without it, and
-    the agent gets the upstream's refusal, with an audited outcome."""
-    async with mcp_client(url, token, MODERN) as client:
-        await client.list_tools()
+def _raw_call(token: str, arguments: dict, **param_headers: str) -> tuple[str, dict[str, str]]:
+    """A 2026-07-28 tools/call of get_region on the wire, with the given Mcp-Param-* headers."""
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": {},
         "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
     }
-    params = {"name": "get_region", "arguments": {"region": "\ud800"}, "_meta": meta}
+    params = {"name": "get_region", "arguments": arguments, "_meta": meta}
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json, text/event-stream",
@@ -81,11 +78,62 @@ async def test_an_argument_no_header_can_carry_is_refused_by_the_upstream_not_a_
         "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "tools/call",
         "Mcp-Name": "get_region",
+        **{f"Mcp-Param-{name}": value for name, value in param_headers.items()},
     }
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})  # ASCII: "\\ud800"
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}), headers
 
-    response = await asyncio.to_thread(httpx.post, url, content=body, headers=headers, timeout=30)
 
-    answer = response.json()
-    assert answer.get("error", {}).get("code") == -32020, answer  # the upstream's, passed on
-    assert [o["details"]["status"] for o in await run_in_thread(_outcomes, "get_region")] == ["error"]
+async def _post(url: str, body: str, headers: dict[str, str]) -> httpx.Response:
+    return await asyncio.to_thread(httpx.post, url, content=body, headers=headers, timeout=30)
+
+
+def _decisions(tool: str) -> int:
+    return AuditEvent.objects.filter(tool=tool, kind="decision").count()
+
+
+async def test_an_argument_no_header_can_carry_is_refused_not_a_crash(url, token):
+    """A lone surrogate is valid JSON but has no UTF-8, so no header can carry it: the call has
+    its argument without the header, which Behavry refuses (-32020) as the upstream would, before
+    deciding anything."""
+    async with mcp_client(url, token, MODERN) as client:
+        await client.list_tools()
+    body, headers = _raw_call(token, {"region": "\ud800"})  # json.dumps writes it as "\\ud800"
+
+    response = await _post(url, body, headers)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32020
+    assert "Mcp-Param-Region header is missing" in response.json()["error"]["message"]
+    assert await run_in_thread(_decisions, "get_region") == 0
+
+
+async def test_an_agents_header_that_disagrees_with_its_body_is_refused_before_the_decision(url, token):
+    """Behavry reads the body, so it must check the headers against it: a router in front of
+    Behavry may have gone by `Mcp-Param-Region: us-east` while the body asks for eu-west."""
+    async with mcp_client(url, token, MODERN) as client:
+        await client.list_tools()
+
+    lying = await _post(url, *_raw_call(token, {"region": "eu-west"}, Region="us-east"))
+    extra = await _post(url, *_raw_call(token, {"region": "eu-west"}, Region="eu-west", Zone="3"))
+    malformed = await _post(url, *_raw_call(token, {"region": "eu-west"}, Region="=?base64?not base64?="))
+
+    for response in (lying, extra, malformed):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == -32020, response.text
+    assert await run_in_thread(_decisions, "get_region") == 0
+
+    encoded = "=?base64?WsO8cmljaA==?="  # "Zürich"
+    honest = await _post(url, *_raw_call(token, {"region": "Zürich", "zone": 7}, Region=encoded, Zone="7"))
+    assert honest.status_code == 200, honest.text
+    assert honest.json()["result"]["content"][0]["text"] == "region=Zürich zone=7"
+
+
+async def test_an_agents_headers_for_a_tool_behavry_has_not_catalogued_go_up_as_they_came(url, token):
+    """Nobody listed the upstream's tools yet, so Behavry derives no header for get_region: the
+    transport obliges an intermediary to pass on the `Mcp-Param-*` headers it does not know, and
+    the upstream checks them itself."""
+    response = await _post(url, *_raw_call(token, {"region": "eu-west"}, Region="eu-west"))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["content"][0]["text"] == "region=eu-west zone=0"
+    assert [o["details"]["status"] for o in await run_in_thread(_outcomes, "get_region")] == ["ok"]

@@ -29,19 +29,12 @@ from behavry.tokens import API_KEY_KIND
 from proxy import handlers, inflight
 from proxy import jsonrpc as rpc
 from proxy.identity import cached_identity, cached_target, identity_for_token, target_for_slug
-from proxy.upstream import (
-    CLIENT_ERRORS,
-    MCP_PARAM_PREFIX,
-    UpstreamError,
-    legacy_listen,
-    legacy_terminate,
-    mcp_param_mismatch,
-)
+from proxy.upstream import CLIENT_ERRORS, MCP_PARAM_PREFIX, UpstreamError, legacy_listen, legacy_terminate
 
 logger = logging.getLogger("behavry.proxy")
 
-# The 2026-07-28 routing headers, each allowed once (ASGI gives names in lower case).
-_ROUTING_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
+# Routing headers, each allowed once (ASGI gives names in lower case).
+_ROUTING_HEADERS = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name", b"mcp-session-id"})
 KEEPALIVE_SECONDS = 15  # SSE comment interval on idle streams (the Python SDK's own ping interval)
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -84,6 +77,19 @@ async def _send_json(send, status: int, body: dict[str, Any] | None, headers: di
     raw_headers.append((b"content-length", str(len(payload)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _check_no_header_twice(msg_id, raw_headers) -> None:
+    """No routing or `Mcp-Param-*` header may come twice: a router in front that reads the first
+    copy and Behavry reading the last would act on different values (400, -32020)."""
+    seen: set[bytes] = set()
+    for name, _value in raw_headers:
+        key = name.lower()
+        if key in _ROUTING_HEADERS or key.startswith(b"mcp-param-"):
+            if key in seen:
+                text = f"{key.decode('latin-1')} header appears more than once"
+                raise HttpError(400, rpc.error_message(msg_id, rpc.HEADER_MISMATCH, text))
+            seen.add(key)
 
 
 def _answer_status(req: handlers.McpRequest, status: int, body: dict[str, Any] | None) -> int:
@@ -227,10 +233,12 @@ class McpEndpoint:
         self, message: dict, headers: dict[str, str], identity, target, raw_headers=()
     ) -> handlers.McpRequest:
         """Work out the agent's era and session, checking the era's header rules."""
+        msg_id = message.get("id")
+        _check_no_header_twice(msg_id, raw_headers)  # before the era is read from one of them
         header_version = headers.get("mcp-protocol-version")
         params: dict = message["params"] if isinstance(message.get("params"), dict) else {}
-        meta_version = (params.get("_meta") or {}).get(rpc.META_VERSION) if "method" in message else None
-        msg_id = message.get("id")
+        meta: dict = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
+        meta_version = meta.get(rpc.META_VERSION) if "method" in message else None
         modern = (
             header_version in rpc.MODERN_VERSIONS
             or meta_version is not None
@@ -243,8 +251,17 @@ class McpEndpoint:
         )
         if modern:
             if rpc.is_request(message):
-                self._check_modern_envelope(message, headers, raw_headers)
-            version = meta_version or header_version
+                # The SDK server's ladder, in its order: the envelope (-32602), the headers against
+                # the body (-32020), then the version (-32022), the one code a negotiating client
+                # does not fall back from, so a client that disagrees with itself is told so first.
+                missing = [key for key in (rpc.META_VERSION, rpc.META_CLIENT_CAPS) if key not in meta]
+                if missing:
+                    text = f"Invalid params: _meta is missing the required envelope key(s): {', '.join(missing)}"
+                    raise HttpError(400, rpc.error_message(msg_id, rpc.INVALID_PARAMS, text))
+                version = meta[rpc.META_VERSION]  # as it is: a falsy one is not the header's
+                self._check_modern_headers(message, headers, version)
+            else:
+                version = meta_version if meta_version is not None else header_version
             if not isinstance(version, str):
                 raise HttpError(
                     400, rpc.error_message(msg_id, rpc.INVALID_PARAMS, "The _meta protocolVersion must be a string")
@@ -259,10 +276,9 @@ class McpEndpoint:
                         {"supported": list(rpc.MODERN_VERSIONS), "requested": version},
                     ),
                 )
-            self._check_modern_headers(message, headers, version)
+            if not rpc.is_request(message):
+                self._check_modern_headers(message, headers, version)
             param_headers = {k: v for k, v in headers.items() if k.startswith(MCP_PARAM_PREFIX)}
-            if param_headers or message.get("method") == "tools/call":
-                await self._check_param_headers(message, param_headers, target)
             return handlers.McpRequest(identity, target, "modern", version, message, param_headers=param_headers)
 
         if header_version is not None and header_version not in rpc.LEGACY_VERSIONS:
@@ -285,27 +301,6 @@ class McpEndpoint:
             raise HttpError(404, rpc.error_message(msg_id, rpc.SESSION_NOT_FOUND, "Session not found"))
         return handlers.McpRequest(identity, target, "legacy", session.protocol_version, message, session)
 
-    def _check_modern_envelope(self, message: dict, headers: dict[str, str], raw_headers) -> None:
-        """A 2026-07-28 request's first rungs, in the SDK server's order: no routing header given
-        twice (a reader of the first copy and one of the last would disagree), then `_meta`
-        carrying the protocol version and the client's capabilities (-32602 without)."""
-        msg_id = message.get("id")
-        seen: set[bytes] = set()
-        for name, _value in raw_headers:
-            key = name.lower()
-            if key in _ROUTING_HEADERS:
-                if key in seen:
-                    text = f"{key.decode()} header appears more than once"
-                    raise HttpError(400, rpc.error_message(msg_id, rpc.HEADER_MISMATCH, text))
-                seen.add(key)
-        meta = message["params"].get("_meta") if isinstance(message.get("params"), dict) else None
-        if not isinstance(meta, dict):
-            meta = {}
-        missing = [key for key in (rpc.META_VERSION, rpc.META_CLIENT_CAPS) if key not in meta]
-        if missing:
-            text = f"Invalid params: _meta is missing the required envelope key(s): {', '.join(missing)}"
-            raise HttpError(400, rpc.error_message(msg_id, rpc.INVALID_PARAMS, text))
-
     def _check_modern_headers(self, message: dict, headers: dict[str, str], version: str) -> None:
         msg_id = message.get("id")
 
@@ -319,20 +314,12 @@ class McpEndpoint:
         if headers.get("mcp-method") != message["method"]:  # verbatim: a method name is header-safe
             raise mismatch("Mcp-Method header does not match the request body's method")
         name_field = rpc.NAMED_METHODS.get(message["method"])
-        if name_field:
+        named = message["params"].get(name_field) if name_field and isinstance(message.get("params"), dict) else None
+        # A body without the name is refused by its handler (-32602), as by the SDK server.
+        if named is not None:
             name_header = headers.get("mcp-name")
-            if name_header is None or rpc.header_value(name_header) != message["params"].get(name_field):
+            if name_header is None or rpc.header_value(name_header) != named:
                 raise mismatch(f"Mcp-Name header does not match the request body's '{name_field}'")
-
-    @staticmethod
-    async def _check_param_headers(message: dict, param_headers: dict[str, str], target) -> None:
-        """A 2026-07-28 tools/call's `Mcp-Param-*` headers against its arguments, for the tools
-        whose catalogued schema marks arguments `x-mcp-header`. Behavry reads the body, so the
-        transport obliges it to check them (400, -32020): an intermediary in front of Behavry
-        may have routed on them. Headers the catalog does not know are passed on unchecked."""
-        problem = await mcp_param_mismatch(target, message, param_headers)
-        if problem is not None:
-            raise HttpError(400, rpc.error_message(message.get("id"), rpc.HEADER_MISMATCH, problem))
 
     # --- dispatch -------------------------------------------------------------------------------
 

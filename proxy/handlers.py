@@ -44,6 +44,7 @@ from proxy.upstream import (
     first_response,
     legacy_initialize,
     legacy_request,
+    mcp_param_mismatch,
     modern_request,
     post,
 )
@@ -614,6 +615,10 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     await _check_parked_state(req, tool, arguments, request_id)
     decided = await _decide(req, tool=tool, arguments=arguments, request_id=request_id, started=started)
     decision, action, resource = decided.decision, decided.action, decided.resource
+    if decision.decision != "deny" and req.era == "modern":
+        refused = await _refuse_param_mismatch(req, decided, tool, request_id, started)
+        if refused is not None:
+            return refused
     if decision.decision == "escalate":
         from proxy.hold import hold_for_approval  # the hold needs the forwarding below
 
@@ -677,6 +682,32 @@ def _parked_token(req: McpRequest, tool: str, arguments: dict[str, Any]) -> str:
     except rpc.RpcError as exc:
         exc.id = req.message["id"]
         raise
+
+
+async def _refuse_param_mismatch(
+    req: McpRequest, decided: _Decided, tool: str, request_id: str, started: float
+) -> Reply | None:
+    """A 2026-07-28 call policy would let through (or hold) whose `Mcp-Param-*` headers disagree
+    with its body: refused (400, -32020) as the transport requires of a server that reads the
+    body, since a router in front of Behavry may have acted on them; no admin is asked about it.
+    Checked after the decision, so that a call of a tool the agent may not use is denied and
+    audited as such: its listing never showed that tool's schema, so a client sends no headers."""
+    problem = await mcp_param_mismatch(req.target, req.message, req.param_headers)
+    if problem is None:
+        return None
+    await record_outcome(
+        req,
+        tool=tool,
+        action=decided.action,
+        resource=decided.resource,
+        decision=decided.decision.decision,
+        policy_id=decided.decision.policy_id,
+        request_id=request_id,
+        reason=problem,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        details={"status": "refused", "is_error": None},
+    )
+    return Reply(status=400, body=rpc.error_message(req.message["id"], rpc.HEADER_MISMATCH, problem))
 
 
 async def forward_call(

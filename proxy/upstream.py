@@ -38,6 +38,7 @@ from proxy.jsonrpc import (
     META_VERSION,
     NAMED_METHODS,
     header_encode,
+    header_value,
 )
 
 logger = logging.getLogger("behavry.proxy.upstream")
@@ -572,9 +573,7 @@ async def post(
     agent_param_headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     """POST one message upstream. The caller must `aclose()` the reply (it may hold a stream open).
-    `agent_param_headers`: a 2026-07-28 agent's `Mcp-Param-*` headers, passed on where Behavry
-    derives none of that name (the transport obliges intermediaries to forward those it does not
-    know; the upstream checks them against the body, and policy never reads them)."""
+    `agent_param_headers`: a 2026-07-28 agent's `Mcp-Param-*` headers; see _passable_param_headers."""
     request_headers = {
         "Accept": "application/json, text/event-stream",
         "Content-Type": "application/json",
@@ -589,11 +588,8 @@ async def post(
         request_headers.get("MCP-Protocol-Version") == LATEST_MODERN
     ):
         request_headers.update(await mcp_param_headers(target, message))
-    if agent_param_headers:
-        derived = {name.lower() for name in request_headers}
-        for name, value in agent_param_headers.items():
-            if name not in derived:
-                request_headers[name] = value
+    if agent_param_headers and request_headers.get("Mcp-Method") == "tools/call":
+        request_headers.update(_passable_param_headers(message, agent_param_headers, request_headers))
     body = json.dumps(message).encode()
     try:
         response = await _request(target, "POST", request_headers, data=body, read=target.read_timeout)
@@ -705,11 +701,12 @@ def modern_request(message: dict[str, Any], *, client_info: dict, client_capabil
 # A tool's inputSchema may mark arguments with `x-mcp-header`; a 2026-07-28 tools/call then carries
 # each such argument also as an `Mcp-Param-<token>` header, and the upstream refuses the call
 # (-32020) when header and body disagree or the header is missing. Behavry derives these headers
-# from the body it decided on (never passing on the agent's own), for agents of both eras: a
-# 2025 agent sends none. The schemas come from the tool catalog (tools/list, proxy.models.Tool),
-# per upstream, cached like the classification rows (proxy/classify.py): served while the cache
-# generation stands (a changed input_schema moves it), so a call costs a dictionary lookup, and
-# nothing more for the usual tool without such arguments.
+# from the body it decided on, for agents of both eras (a 2025 agent sends none), and checks a
+# 2026 agent's own against its body (mcp_param_mismatch). Of the agent's own it passes on only
+# those it has no schema for (_passable_param_headers). The schemas come from the tool catalog
+# (tools/list, proxy.models.Tool), per upstream, cached like the classification rows
+# (proxy/classify.py): served while the cache generation stands (a changed input_schema moves it),
+# so a call costs a dictionary lookup, and nothing more for the usual tool without such arguments.
 PARAM_MAP_SECONDS = 60.0
 MCP_PARAM_PREFIX = "mcp-param-"  # lower case, as ASGI gives header names
 
@@ -755,6 +752,38 @@ async def _tool_param_map(target: UpstreamTarget, name: str) -> tuple[dict[tuple
     return maps.get(name)
 
 
+def _passable_param_headers(
+    message: dict[str, Any], agent_headers: dict[str, str], request_headers: dict[str, str]
+) -> dict[str, str]:
+    """The agent's `Mcp-Param-*` headers of a tools/call that Behavry derives none of (its catalog
+    has no schema for them: a tool nobody listed yet, or one the upstream changed). The transport
+    obliges an intermediary to forward those, and the upstream checks them against the body. Only
+    a header whose value is one of the call's argument values goes, as `x-mcp-header` defines them:
+    then it carries nothing the decision, the audit trail and any scan of the arguments did not see."""
+    params = message.get("params")
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if not isinstance(arguments, dict):
+        return {}
+    values: set[str] = set()
+    pending: list[Any] = [arguments]
+    while pending:  # the argument values a header can mirror: scalars, at any depth of objects
+        node = pending.pop()
+        for value in node.values():
+            if isinstance(value, dict):
+                pending.append(value)
+            elif isinstance(value, bool):
+                values.add("true" if value else "false")
+            elif isinstance(value, str | int | float):
+                try:
+                    values.add(str(value))
+                except ValueError:  # an int longer than Python will print
+                    continue
+    derived = {name.lower() for name in request_headers}
+    return {
+        name: value for name, value in agent_headers.items() if name not in derived and header_value(value) in values
+    }
+
+
 async def mcp_param_mismatch(
     target: UpstreamTarget, message: dict[str, Any], param_headers: dict[str, str]
 ) -> str | None:
@@ -782,7 +811,11 @@ async def mcp_param_mismatch(
         return None
     from mcp.shared.inbound import validate_mcp_param_headers
 
-    rejection = validate_mcp_param_headers(known[1], arguments, param_headers)
+    try:
+        rejection = validate_mcp_param_headers(known[1], arguments, param_headers)
+    except ValueError:
+        # The SDK's decoding lets a non-ASCII `=?base64?…?=` payload raise: it matches nothing.
+        return "an Mcp-Param header carries a malformed base64 value"
     return rejection.message if rejection is not None else None
 
 

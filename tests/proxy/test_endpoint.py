@@ -269,6 +269,45 @@ async def test_a_routing_header_given_twice_is_minus_32020(url, token):
     assert response.json()["error"] == {"code": -32020, "message": "mcp-name header appears more than once"}
 
 
+async def test_the_modern_checks_come_in_the_sdk_servers_order(url, token):
+    """Headers against the body (-32020) before the version (-32022), which is the one code a
+    negotiating client does not fall back from; a falsy _meta version is not the header's."""
+    cases = []
+    future = modern_call("echo", {"message": "hi"})
+    future["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
+    cases.append((future, modern_headers(token, "tools/call", "echo"), 400, -32020))
+    for falsy in ("", False, 0, None, 5):
+        body = modern_call("echo", {"message": "hi"})
+        body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = falsy
+        cases.append((body, modern_headers(token, "tools/call", "echo"), 400, -32020))
+    nameless = modern_call("echo", {"message": "hi"})
+    del nameless["params"]["name"]
+    cases.append((nameless, modern_headers(token, "tools/call"), 400, -32602))  # the handler's
+
+    for body, headers, status, code in cases:
+        response = await post(url, body, headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), (body, response.text)
+    assert await run_in_thread(AuditEvent.objects.filter(tool="echo").count) == 0
+
+
+async def test_a_protocol_version_header_given_twice_is_refused_in_either_era(url, token):
+    """The era is read from that header: two copies must not make one reader see a session request
+    and another a stateless one."""
+    session_id = (await initialize(url, token)).headers["mcp-session-id"]
+    headers = [
+        ("Authorization", f"Bearer {token}"),
+        ("Accept", ACCEPT),
+        ("Mcp-Session-Id", session_id),
+        ("MCP-Protocol-Version", MODERN),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ]
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(url, content=json.dumps(body), headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32020
+
+
 async def test_an_encoded_mcp_name_must_decode_to_the_body_exactly(url, token):
     """`=?base64?…?=` decodes to the name; a malformed or non-canonical one matches nothing (taken
     verbatim, it would stand for a value the body does not hold)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -14,6 +15,9 @@ from behavry.errors import Conflict, InvalidInput
 from behavry.tokens import AGENT_TOKEN_KIND, secret_generate
 
 AGENT_EDITABLE_FIELDS = {"name", "description", "owner", "max_hold_seconds"}
+# A session's last_seen_at moves at most this often (agent_session_touch): a call on a busy
+# session costs a comparison, and the session one UPDATE a minute, not one per call.
+SESSION_TOUCH_SECONDS = 60
 
 
 @transaction.atomic
@@ -233,6 +237,18 @@ def agent_session_end(*, session_id: str, reason: str) -> bool:
             ended_at=timezone.now(), end_reason=reason
         )
     )
+
+
+def agent_session_touch(*, session_ids: Collection[str], now: datetime | None = None) -> int:
+    """Mark these open sessions as seen now, except those already seen in the last
+    SESSION_TOUCH_SECONDS: one conditional UPDATE, so a second touch inside that window, from
+    this process or another, writes nothing. Returns how many rows moved."""
+    now = now or timezone.now()
+    return AgentSession.objects.filter(
+        pk__in=session_ids,
+        ended_at__isnull=True,
+        last_seen_at__lte=now - timedelta(seconds=SESSION_TOUCH_SECONDS),
+    ).update(last_seen_at=now)
 
 
 @transaction.atomic

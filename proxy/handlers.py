@@ -28,7 +28,7 @@ from audit.aio import audit_record_async
 from behavry.actors import Actor
 from behavry.dbthreads import on_db_thread
 from policies.engine import Decision, current_engine
-from proxy import inflight, mrtr
+from proxy import inflight, mrtr, sessions
 from proxy import jsonrpc as rpc
 from proxy.decision import decide_tool_call, fail_closed
 from proxy.identity import AgentIdentity, clear_caches
@@ -146,6 +146,8 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
         session = await database_sync_to_async(
             AgentSession.objects.filter(pk=_bridge_session_id(req), ended_at__isnull=True).first
         )()
+        if session is not None:
+            sessions.touch_if_due(session)  # a bridge ends when idle, as any session does
     if session is not None and session.upstream_session_id and not renew:
         return session
     upstream_id, version, result = await legacy_initialize(

@@ -1,10 +1,15 @@
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from agents.models import AgentSession, AgentStatus, AgentToken
 from agents.selectors import agent_token_authenticate
 from agents.services import (
+    SESSION_TOUCH_SECONDS,
     agent_create,
     agent_reactivate,
+    agent_session_touch,
     agent_suspend,
     agent_token_issue,
     agent_token_revoke,
@@ -103,3 +108,38 @@ def test_it_does_not_authenticate_garbage_or_api_keys():
     assert agent_token_authenticate("") is None
     assert agent_token_authenticate("bhv_agent_not-a-real-token") is None
     assert agent_token_authenticate("bhv_key_whatever") is None
+
+
+# --- sessions: last_seen_at -----------------------------------------------------------------------
+
+
+def seen(session_id, agent, server, seconds_ago, **fields):
+    """A session last seen `seconds_ago`."""
+    return AgentSession.objects.create(
+        id=session_id,
+        agent=agent,
+        server=server,
+        last_seen_at=timezone.now() - timedelta(seconds=seconds_ago),
+        **fields,
+    )
+
+
+def test_a_touch_moves_last_seen_at_once_per_window():
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    session = seen("s1", agent, server, SESSION_TOUCH_SECONDS + 5)
+
+    assert agent_session_touch(session_ids=["s1"]) == 1
+    moved = AgentSession.objects.get(pk="s1").last_seen_at
+    assert moved > session.last_seen_at
+
+    assert agent_session_touch(session_ids=["s1"]) == 0  # inside the window: nothing written
+    assert agent_session_touch(session_ids=["s1"], now=moved + timedelta(seconds=SESSION_TOUCH_SECONDS - 1)) == 0
+    assert AgentSession.objects.get(pk="s1").last_seen_at == moved
+
+
+def test_a_touch_leaves_an_ended_session_ended_and_unmoved():
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    session = seen("s1", agent, server, 3600, ended_at=timezone.now(), end_reason="closed by client")
+
+    assert agent_session_touch(session_ids=["s1"]) == 0
+    assert AgentSession.objects.get(pk="s1").last_seen_at == session.last_seen_at

@@ -154,7 +154,7 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
         req.target, client_info=req.client_info, client_capabilities=req.client_capabilities
     )
     if session is None:
-        session = await database_sync_to_async(agent_session_open)(
+        session, evicted = await database_sync_to_async(agent_session_open)(
             agent_id=req.identity.agent_id,
             server_id=req.target.id,
             era=SessionEra.MODERN,
@@ -165,6 +165,7 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
             upstream_info=_upstream_info(result),
             session_id=_bridge_session_id(req),
         )
+        sessions.end_upstream_soon(req.target, evicted)
     else:
         await database_sync_to_async(agent_session_set_upstream)(
             session=session,
@@ -936,13 +937,14 @@ async def handle_initialize(req: McpRequest) -> Reply:
             rpc.INVALID_PARAMS, "Invalid params: initialize needs protocolVersion, capabilities, clientInfo", id=msg_id
         )
     version = requested if requested in rpc.NEGOTIATED_LEGACY_VERSIONS else rpc.LATEST_LEGACY
-    session = await database_sync_to_async(agent_session_open)(
+    session, evicted = await database_sync_to_async(agent_session_open)(
         agent_id=req.identity.agent_id,
         server_id=req.target.id,
         era=SessionEra.LEGACY,
         protocol_version=version,
         client_info={"clientInfo": client_info, "capabilities": capabilities},
     )
+    sessions.end_upstream_soon(req.target, evicted)  # past BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT
     req.session = session
     try:
         info = await _upstream_capabilities(req)
@@ -961,7 +963,12 @@ async def handle_initialize(req: McpRequest) -> Reply:
         action="initialize",
         decision="allow",
         policy_id=PASSTHROUGH,
-        details={"protocol_version": version, "client": client_info},
+        details={
+            "protocol_version": version,
+            "client": client_info,
+            # Evictions are recorded here, on the event that caused them, not as events of their own.
+            **({"evicted_sessions": [ended.id for ended in evicted]} if evicted else {}),
+        },
     )
     result = {
         "protocolVersion": version,

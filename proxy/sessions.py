@@ -1,5 +1,9 @@
-"""Keeping a 2025-era session's `last_seen_at` current while it is used, cheaply, so that sessions
-left behind (most clients go away without a DELETE) can be told from the ones in use:
+"""The proxy's half of 2025-era session upkeep: keeping `last_seen_at` current, and ending the
+upstream sessions behind the ones Behavry ends (idle expiry, the per-agent cap).
+
+The beat job agents.tasks.expire_idle_sessions ends sessions whose `last_seen_at` is older than
+BEHAVRY_MCP_SESSION_IDLE_SECONDS (plus SESSION_TOUCH_SECONDS, what `last_seen_at` may lag). For
+that to spare the sessions in use:
 
 1. At the start of each request on a session (a POST, a GET stream, a 2026 agent's call carried on
    its bridge session) `touch_if_due` compares the row the request already read with the clock.
@@ -19,22 +23,29 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
 
 from agents.models import AgentSession
-from agents.services import SESSION_TOUCH_SECONDS, agent_session_touch
+from agents.services import SESSION_TOUCH_SECONDS, EndedSession, agent_session_touch
 from behavry.dbthreads import on_db_thread
 from proxy import inflight
+from proxy.identity import upstream_target
+from proxy.models import UpstreamServer
+from proxy.upstream import UpstreamTarget, legacy_terminate, pools_discard_for_loop
 
 logger = logging.getLogger("behavry.proxy")
 
 TICK_SECONDS = SESSION_TOUCH_SECONDS / 2
 _TOUCH_AGE = timedelta(seconds=SESSION_TOUCH_SECONDS)
 TOUCH_CHUNK = 500  # session ids per UPDATE (SQLite caps the parameters of one statement)
+# The beat job's upstream DELETEs: this many at once, for at most this long per batch. Whatever is
+# left expires on the upstream by itself (the DELETE is a courtesy, the session is already ended).
+UPSTREAM_END_CONCURRENCY = 16
+UPSTREAM_END_BUDGET_SECONDS = 30.0
 
 # GET streams open in this process, per session id.
 _streams: collections.Counter[str] = collections.Counter()
@@ -103,3 +114,48 @@ def _spawn(coro: Coroutine[Any, Any, None], done=None) -> None:
     task.add_done_callback(_tasks.discard)
     if done is not None:
         task.add_done_callback(done)
+
+
+# --- ending upstream sessions ------------------------------------------------------------------
+
+
+def end_upstream_soon(target: UpstreamTarget, ended: Iterable[EndedSession]) -> None:
+    """Best-effort DELETE, in the background, of the upstream sessions behind sessions just ended on
+    `target` (evicted at initialize); from the loop, as the agent's own DELETE does it."""
+    for session in ended:
+        if session.upstream_session_id and session.server_id == target.id:
+            _spawn(legacy_terminate(target, session.upstream_session_id, session.upstream_protocol_version))
+
+
+def end_upstream_blocking(ended: Collection[EndedSession]) -> int:
+    """Best-effort DELETE of the upstream sessions behind `ended`, from a thread without an event
+    loop (the beat job's worker); returns how many were tried. It runs a loop of its own for the
+    length of the DELETEs, with the proxy's upstream client (same headers, credentials, timeouts
+    as the agent's DELETE), and drops that loop's connection pools at the end."""
+    pending = [session for session in ended if session.upstream_session_id]
+    if not pending:
+        return 0
+    servers = UpstreamServer.objects.filter(pk__in={session.server_id for session in pending}, enabled=True)
+    targets = {server.pk: upstream_target(server) for server in servers}
+    jobs = [(targets[s.server_id], s) for s in pending if s.server_id in targets]  # a disabled one: no DELETE
+    if jobs:
+        asyncio.run(_end_all(jobs))
+    return len(jobs)
+
+
+async def _end_all(jobs: list[tuple[UpstreamTarget, EndedSession]]) -> None:
+    gate = asyncio.Semaphore(UPSTREAM_END_CONCURRENCY)
+
+    async def end(target: UpstreamTarget, session: EndedSession) -> None:
+        async with gate:
+            await legacy_terminate(target, session.upstream_session_id, session.upstream_protocol_version)
+
+    try:
+        async with asyncio.timeout(UPSTREAM_END_BUDGET_SECONDS):
+            await asyncio.gather(*(end(target, session) for target, session in jobs))
+    except TimeoutError:
+        logger.info(
+            "upstream DELETEs of ended sessions ran past %s s; the rest expire upstream", UPSTREAM_END_BUDGET_SECONDS
+        )
+    finally:
+        pools_discard_for_loop()

@@ -114,8 +114,9 @@ class AgentSession(models.Model):
     """One MCP session between an agent and Behavry for one upstream server.
 
     Behavry issues its own session id and maps it to the upstream's, so any proxy process can serve
-    any request. Ending a session (suspension, DELETE, upstream loss) sets `ended_at`; an ended id
-    is answered with 404 so the client re-initializes.
+    any request. Ending a session (suspension, DELETE, upstream loss, idle expiry, eviction past
+    the per-agent cap) sets `ended_at`; an ended id is answered with 404 so the client
+    re-initializes. `last_seen_at` follows use, at most SESSION_TOUCH_SECONDS behind.
     """
 
     id = models.CharField(primary_key=True, max_length=64, editable=False)
@@ -139,6 +140,8 @@ class AgentSession(models.Model):
         indexes = [
             models.Index(fields=["-created_at", "-id"], name="agents_session_recent"),  # the default list order
             models.Index(fields=["agent", "ended_at"], name="agents_session_agent_open"),
+            # The idle-expiry job's scan: open sessions by staleness, never the ended ones piling up.
+            models.Index(fields=["last_seen_at"], condition=Q(ended_at__isnull=True), name="agents_session_open_seen"),
         ]
 
     def __str__(self) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import secrets
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -14,6 +18,11 @@ from behavry.errors import Conflict, InvalidInput
 from behavry.tokens import AGENT_TOKEN_KIND, secret_generate
 
 AGENT_EDITABLE_FIELDS = {"name", "description", "owner", "max_hold_seconds"}
+# A session's last_seen_at moves at most this often (agent_session_touch): a call on a busy
+# session costs a comparison, and the session one UPDATE a minute, not one per call.
+SESSION_TOUCH_SECONDS = 60
+# Idle sessions ended per transaction (agent_session_expire_idle).
+SESSION_EXPIRY_BATCH = 500
 
 
 @transaction.atomic
@@ -178,6 +187,20 @@ def agent_reactivate(*, agent: Agent, by: Actor) -> Agent:
     return agent
 
 
+@dataclass(frozen=True)
+class EndedSession:
+    """A session Behavry just ended, with what a DELETE of the upstream session behind it needs."""
+
+    id: str
+    server_id: int
+    upstream_session_id: str
+    upstream_protocol_version: str
+
+
+_ENDED_FIELDS = ("pk", "server_id", "upstream_session_id", "upstream_protocol_version")
+
+
+@transaction.atomic
 def agent_session_open(
     *,
     agent_id: int,
@@ -189,10 +212,16 @@ def agent_session_open(
     upstream_protocol_version: str = "",
     upstream_info: dict | None = None,
     session_id: str | None = None,
-) -> AgentSession:
-    """Start (or, for a fixed bridge id, restart) a session Behavry tracks for an agent on one upstream."""
-    import secrets
+) -> tuple[AgentSession, list[EndedSession]]:
+    """Start (or, for a fixed bridge id, restart) a session Behavry tracks for an agent on one upstream.
 
+    The agent keeps at most BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT open sessions on this upstream: past
+    that, its least recently seen ones end (`end_reason="evicted"`) and are returned, so the caller
+    can end the upstream sessions behind them. A client that never sends DELETE keeps working and
+    cannot hold more than the cap. Two opens at the same moment may each leave one session over it,
+    until the next open.
+    """
+    now = timezone.now()
     values = {
         "agent_id": agent_id,
         "server_id": server_id,
@@ -204,12 +233,25 @@ def agent_session_open(
         "upstream_info": upstream_info or {},
         "ended_at": None,
         "end_reason": "",
-        "last_seen_at": timezone.now(),
+        "last_seen_at": now,
     }
     if session_id is None:
-        return AgentSession.objects.create(id=secrets.token_urlsafe(24), **values)
-    session, _ = AgentSession.objects.update_or_create(id=session_id, defaults=values)
-    return session
+        session = AgentSession.objects.create(id=secrets.token_urlsafe(24), **values)
+    else:
+        session, _ = AgentSession.objects.update_or_create(id=session_id, defaults=values)
+    keep = settings.BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT - 1  # besides the new one
+    over = [
+        EndedSession(*row)
+        for row in AgentSession.objects.filter(agent_id=agent_id, server_id=server_id, ended_at__isnull=True)
+        .exclude(pk=session.pk)
+        .order_by("-last_seen_at", "-created_at", "-pk")
+        .values_list(*_ENDED_FIELDS)[keep:]
+    ]
+    if over:
+        AgentSession.objects.filter(pk__in=[s.id for s in over], ended_at__isnull=True).update(
+            ended_at=now, end_reason="evicted"
+        )
+    return session, over
 
 
 def agent_session_set_upstream(
@@ -233,6 +275,41 @@ def agent_session_end(*, session_id: str, reason: str) -> bool:
             ended_at=timezone.now(), end_reason=reason
         )
     )
+
+
+def agent_session_touch(*, session_ids: Collection[str], now: datetime | None = None) -> int:
+    """Mark these open sessions as seen now, except those already seen in the last
+    SESSION_TOUCH_SECONDS: one conditional UPDATE, so a second touch inside that window, from
+    this process or another, writes nothing. Returns how many rows moved."""
+    now = now or timezone.now()
+    return AgentSession.objects.filter(
+        pk__in=session_ids,
+        ended_at__isnull=True,
+        last_seen_at__lte=now - timedelta(seconds=SESSION_TOUCH_SECONDS),
+    ).update(last_seen_at=now)
+
+
+def agent_session_expire_idle(*, limit: int = SESSION_EXPIRY_BATCH) -> list[EndedSession]:
+    """End up to `limit` open sessions unused for BEHAVRY_MCP_SESSION_IDLE_SECONDS
+    (`end_reason="idle"`), stalest first, and return them; bridge sessions of 2026 agents count too.
+
+    1. Pick them by `last_seen_at` older than the idle limit plus SESSION_TOUCH_SECONDS, since
+       `last_seen_at` may lag a session's last request by that much (agent_session_touch): a
+       session used within the limit is never ended.
+    2. Claim them in one conditional UPDATE (still open, still that stale), stamped with this
+       run's time: one touched meanwhile, or ended by an overlapping run, is left alone.
+    3. Read back the ones this run ended, so each upstream session gets one DELETE.
+    A request on an ended session gets 404, and the client initializes a new one.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.BEHAVRY_MCP_SESSION_IDLE_SECONDS + SESSION_TOUCH_SECONDS)
+    stale = AgentSession.objects.filter(ended_at__isnull=True, last_seen_at__lt=cutoff)
+    ids = list(stale.order_by("last_seen_at").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return []
+    stale.filter(pk__in=ids).update(ended_at=now, end_reason="idle")
+    claimed = AgentSession.objects.filter(pk__in=ids, ended_at=now, end_reason="idle")
+    return [EndedSession(*row) for row in claimed.values_list(*_ENDED_FIELDS)]
 
 
 @transaction.atomic

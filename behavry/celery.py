@@ -28,6 +28,10 @@ app.conf.beat_schedule = {
     "escalation-sweep": {"task": "escalations.tasks.sweep", "schedule": 30.0},
     # Audit retention: hourly is plenty for a day-granular policy, and keeps each run's deletes small.
     "audit-retention": {"task": "audit.tasks.apply_retention", "schedule": 3600.0},
+    # End MCP sessions idle past BEHAVRY_MCP_SESSION_IDLE_SECONDS (at least 60) and DELETE their
+    # upstream sessions. Every 60 s: a session ends within a minute of qualifying, whatever the limit,
+    # and a run with nothing idle is one query on a partial index of open sessions.
+    "session-expiry": {"task": "agents.tasks.expire_idle_sessions", "schedule": 60.0},
 }
 
 

@@ -55,6 +55,12 @@ try:
     # many an agent opens, tool calls still find a connection; one past this is refused.
     BEHAVRY_UPSTREAM_MAX_GET_STREAMS = env_int("BEHAVRY_UPSTREAM_MAX_GET_STREAMS", 32, minimum=1)
     BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT = env_int("BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT", 4, minimum=1)
+    # 2025-era sessions most clients leave without a DELETE: ended by the beat job once unused this
+    # long (agents.services.agent_session_expire_idle). At least 60: last_seen_at moves once a
+    # minute (agents.services.SESSION_TOUCH_SECONDS), so a finer limit could not be kept.
+    BEHAVRY_MCP_SESSION_IDLE_SECONDS = env_int("BEHAVRY_MCP_SESSION_IDLE_SECONDS", 3600, minimum=60)
+    # Open sessions per agent and upstream; an initialize past it ends the least recently seen.
+    BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT = env_int("BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT", 64, minimum=1)
     # An upstream's answer is held whole to be checked and re-shaped (about three copies of it at
     # once): past this many bytes in one JSON body or one SSE event the call fails instead of
     # filling a process that serves every agent.

@@ -26,7 +26,7 @@ from agents.models import AgentSession
 from agents.services import agent_session_end
 from behavry.dbthreads import on_db_thread
 from behavry.tokens import API_KEY_KIND
-from proxy import handlers, inflight
+from proxy import handlers, inflight, sessions
 from proxy import jsonrpc as rpc
 from proxy.identity import cached_identity, cached_target, identity_for_token, target_for_slug
 from proxy.upstream import CLIENT_ERRORS, MCP_PARAM_PREFIX, UpstreamError, legacy_listen, legacy_terminate
@@ -299,6 +299,7 @@ class McpEndpoint:
         )()
         if session is None:
             raise HttpError(404, rpc.error_message(msg_id, rpc.SESSION_NOT_FOUND, "Session not found"))
+        sessions.touch_if_due(session)
         return handlers.McpRequest(identity, target, "legacy", session.protocol_version, message, session)
 
     def _check_modern_headers(self, message: dict, headers: dict[str, str], version: str) -> None:
@@ -478,6 +479,7 @@ class McpEndpoint:
             raise _http_error(404, "Session not found", code=rpc.SESSION_NOT_FOUND)
         if not session.upstream_session_id:
             raise _http_error(405, "The upstream offers no GET stream", headers={"Allow": "POST, DELETE"})
+        sessions.touch_if_due(session)
         key = (identity.agent_id, target.id)
         cap = settings.BEHAVRY_MCP_MAX_GET_STREAMS_PER_AGENT
         if _get_streams[key] >= cap:
@@ -485,9 +487,11 @@ class McpEndpoint:
             # upstream (BEHAVRY_UPSTREAM_MAX_GET_STREAMS), leaving none for other agents.
             raise _http_error(429, f"Agent already has {cap} GET streams open to this upstream here")
         _get_streams[key] += 1
+        sessions.stream_opened(session.pk)  # kept seen while it stays open, however quiet
         try:
             await self._relay_get(send, receive, headers, session, target)
         finally:
+            sessions.stream_closed(session.pk)
             _get_streams[key] -= 1
             if not _get_streams[key]:
                 del _get_streams[key]

@@ -28,7 +28,7 @@ from audit.aio import audit_record_async
 from behavry.actors import Actor
 from behavry.dbthreads import on_db_thread
 from policies.engine import Decision, current_engine
-from proxy import inflight, mrtr
+from proxy import inflight, mrtr, sessions
 from proxy import jsonrpc as rpc
 from proxy.decision import decide_tool_call, fail_closed
 from proxy.identity import AgentIdentity, clear_caches
@@ -150,13 +150,15 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
         session = await database_sync_to_async(
             AgentSession.objects.filter(pk=_bridge_session_id(req), ended_at__isnull=True).first
         )()
+        if session is not None:
+            sessions.touch_if_due(session)  # a bridge ends when idle, as any session does
     if session is not None and session.upstream_session_id and not renew:
         return session
     upstream_id, version, result = await legacy_initialize(
         req.target, client_info=req.client_info, client_capabilities=req.client_capabilities
     )
     if session is None:
-        session = await database_sync_to_async(agent_session_open)(
+        session, evicted = await database_sync_to_async(agent_session_open)(
             agent_id=req.identity.agent_id,
             server_id=req.target.id,
             era=SessionEra.MODERN,
@@ -167,6 +169,7 @@ async def _upstream_session(req: McpRequest, *, renew: bool = False) -> AgentSes
             upstream_info=_upstream_info(result),
             session_id=_bridge_session_id(req),
         )
+        sessions.end_upstream_soon(req.target, evicted)
     else:
         await database_sync_to_async(agent_session_set_upstream)(
             session=session,
@@ -968,13 +971,14 @@ async def handle_initialize(req: McpRequest) -> Reply:
             rpc.INVALID_PARAMS, "Invalid params: initialize needs protocolVersion, capabilities, clientInfo", id=msg_id
         )
     version = requested if requested in rpc.NEGOTIATED_LEGACY_VERSIONS else rpc.LATEST_LEGACY
-    session = await database_sync_to_async(agent_session_open)(
+    session, evicted = await database_sync_to_async(agent_session_open)(
         agent_id=req.identity.agent_id,
         server_id=req.target.id,
         era=SessionEra.LEGACY,
         protocol_version=version,
         client_info={"clientInfo": client_info, "capabilities": capabilities},
     )
+    sessions.end_upstream_soon(req.target, evicted)  # past BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT
     req.session = session
     try:
         info = await _upstream_capabilities(req)
@@ -993,7 +997,12 @@ async def handle_initialize(req: McpRequest) -> Reply:
         action="initialize",
         decision="allow",
         policy_id=PASSTHROUGH,
-        details={"protocol_version": version, "client": client_info},
+        details={
+            "protocol_version": version,
+            "client": client_info,
+            # Evictions are recorded here, on the event that caused them, not as events of their own.
+            **({"evicted_sessions": [ended.id for ended in evicted]} if evicted else {}),
+        },
     )
     result = {
         "protocolVersion": version,

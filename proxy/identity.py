@@ -176,22 +176,24 @@ def target_for_slug(slug: str) -> UpstreamTarget | None:
 def _read_target(slug: str) -> UpstreamTarget | None:
     started = _targets.read_started()
     server = UpstreamServer.objects.filter(slug=slug, enabled=True).first()
-    target = None
-    if server is not None:
-        target = UpstreamTarget(
-            id=server.pk,
-            slug=server.slug,
-            name=server.name,
-            url=server.url,
-            auth_header_name=server.auth_header_name,
-            auth_header_value=server.auth_header_value,
-            connect_timeout=server.connect_timeout,
-            read_timeout=server.read_timeout,
-            era=server.era,
-            protocol_version=server.protocol_version,
-        )
+    target = upstream_target(server) if server is not None else None
     _targets.put(slug, target, started)
     return target
+
+
+def upstream_target(server: UpstreamServer) -> UpstreamTarget:
+    return UpstreamTarget(
+        id=server.pk,
+        slug=server.slug,
+        name=server.name,
+        url=server.url,
+        auth_header_name=server.auth_header_name,
+        auth_header_value=server.auth_header_value,
+        connect_timeout=server.connect_timeout,
+        read_timeout=server.read_timeout,
+        era=server.era,
+        protocol_version=server.protocol_version,
+    )
 
 
 def clear_caches() -> None:

@@ -56,6 +56,11 @@ def unregister(session_id: str, request_id: Any) -> None:
     _events.pop(_key(session_id, request_id), None)
 
 
+def session_ids() -> set[str]:
+    """Sessions with a request in flight in this process (proxy/sessions.py keeps them seen)."""
+    return {session_id for session_id, _request in _events}
+
+
 def cancel_local(session_id: str, request_id: Any) -> bool:
     event = _events.get(_key(session_id, request_id))
     if event is None:

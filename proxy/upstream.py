@@ -183,6 +183,16 @@ def _discard_all() -> None:
     _pools.clear()
 
 
+def pools_discard_for_loop() -> None:
+    """Drop the running loop's pools, for a loop about to end (proxy/sessions.py runs one per beat
+    job batch): a pool left in _pools would keep its sockets until its key came up again."""
+    loop = asyncio.get_running_loop()
+    for key, pool in list(_pools.items()):
+        if pool.loop is loop:
+            del _pools[key]
+            _discard(pool)
+
+
 def pool_for(target: UpstreamTarget) -> _Pool:
     loop = asyncio.get_running_loop()
     key = (id(loop), target.id, target.url)

@@ -1,10 +1,18 @@
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from agents.models import AgentSession, AgentStatus, AgentToken
 from agents.selectors import agent_token_authenticate
 from agents.services import (
+    SESSION_TOUCH_SECONDS,
+    EndedSession,
     agent_create,
     agent_reactivate,
+    agent_session_expire_idle,
+    agent_session_open,
+    agent_session_touch,
     agent_suspend,
     agent_token_issue,
     agent_token_revoke,
@@ -103,3 +111,122 @@ def test_it_does_not_authenticate_garbage_or_api_keys():
     assert agent_token_authenticate("") is None
     assert agent_token_authenticate("bhv_agent_not-a-real-token") is None
     assert agent_token_authenticate("bhv_key_whatever") is None
+
+
+# --- sessions: last_seen_at, idle expiry, the per-agent cap ---------------------------------------
+
+
+def seen(session_id, agent, server, seconds_ago, **fields):
+    """A session last seen `seconds_ago`."""
+    return AgentSession.objects.create(
+        id=session_id,
+        agent=agent,
+        server=server,
+        last_seen_at=timezone.now() - timedelta(seconds=seconds_ago),
+        **fields,
+    )
+
+
+def open_ids():
+    return set(AgentSession.objects.filter(ended_at__isnull=True).values_list("id", flat=True))
+
+
+def test_a_touch_moves_last_seen_at_once_per_window():
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    session = seen("s1", agent, server, SESSION_TOUCH_SECONDS + 5)
+
+    assert agent_session_touch(session_ids=["s1"]) == 1
+    moved = AgentSession.objects.get(pk="s1").last_seen_at
+    assert moved > session.last_seen_at
+
+    assert agent_session_touch(session_ids=["s1"]) == 0  # inside the window: nothing written
+    assert agent_session_touch(session_ids=["s1"], now=moved + timedelta(seconds=SESSION_TOUCH_SECONDS - 1)) == 0
+    assert AgentSession.objects.get(pk="s1").last_seen_at == moved
+
+
+def test_a_touch_leaves_an_ended_session_ended_and_unmoved():
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    session = seen("s1", agent, server, 3600, ended_at=timezone.now(), end_reason="closed by client")
+
+    assert agent_session_touch(session_ids=["s1"]) == 0
+    assert AgentSession.objects.get(pk="s1").last_seen_at == session.last_seen_at
+
+
+def test_expiry_ends_only_open_sessions_idle_past_the_limit(settings):
+    settings.BEHAVRY_MCP_SESSION_IDLE_SECONDS = 600
+    agent, other, server = AgentFactory(), AgentFactory(), UpstreamServerFactory()
+    lag = SESSION_TOUCH_SECONDS  # last_seen_at may trail a session's last request by this much
+    seen("idle", agent, server, 600 + lag + 5, upstream_session_id="up-1", upstream_protocol_version="2025-11-25")
+    seen("bridge-1-2-abc", agent, server, 600 + lag + 5, era="modern")  # a 2026 agent's bridge counts too
+    seen("within-lag", agent, server, 600 + lag - 5)
+    seen("busy", agent, server, 1)
+    seen("others-busy", other, server, 1)
+    seen("others-idle", other, server, 9000)
+    closed = seen("closed", agent, server, 9000, ended_at=timezone.now() - timedelta(hours=1), end_reason="gone")
+
+    ended = agent_session_expire_idle()
+
+    assert {e.id for e in ended} == {"idle", "bridge-1-2-abc", "others-idle"}
+    assert EndedSession("idle", server.pk, "up-1", "2025-11-25") in ended
+    assert open_ids() == {"within-lag", "busy", "others-busy"}
+    assert set(AgentSession.objects.filter(end_reason="idle").values_list("id", flat=True)) == {
+        "idle",
+        "bridge-1-2-abc",
+        "others-idle",
+    }
+    assert AgentSession.objects.get(pk="closed").ended_at == closed.ended_at  # not ended twice
+    assert agent_session_expire_idle() == []  # an overlapping run finds nothing left
+
+
+def test_expiry_goes_in_batches_stalest_first(settings):
+    settings.BEHAVRY_MCP_SESSION_IDLE_SECONDS = 60
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    for n, age in enumerate((5000, 7000, 6000)):
+        seen(f"s{n}", agent, server, age)
+
+    assert [e.id for e in sorted(agent_session_expire_idle(limit=2), key=lambda e: e.id)] == ["s1", "s2"]
+    assert [e.id for e in agent_session_expire_idle(limit=2)] == ["s0"]
+    assert open_ids() == set()
+
+
+def test_an_open_past_the_cap_evicts_the_least_recently_seen_of_that_agent_on_that_server(settings):
+    settings.BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT = 2
+    agent, other = AgentFactory(), AgentFactory()
+    server, elsewhere = UpstreamServerFactory(), UpstreamServerFactory()
+    seen("oldest", agent, server, 500, upstream_session_id="up-old", upstream_protocol_version="2025-06-18")
+    seen("older", agent, server, 400)
+    seen("recent", agent, server, 10)
+    seen("elsewhere", agent, elsewhere, 9000)
+    for n in range(4):
+        seen(f"others-{n}", other, server, 9000)
+
+    session, evicted = agent_session_open(
+        agent_id=agent.pk, server_id=server.pk, era="legacy", protocol_version="2025-11-25", client_info={}
+    )
+
+    assert evicted == [
+        EndedSession("older", server.pk, "", ""),
+        EndedSession("oldest", server.pk, "up-old", "2025-06-18"),
+    ]
+    assert set(AgentSession.objects.filter(end_reason="evicted").values_list("id", flat=True)) == {"oldest", "older"}
+    assert open_ids() == {session.pk, "recent", "elsewhere", "others-0", "others-1", "others-2", "others-3"}
+
+
+def test_an_open_within_the_cap_evicts_nothing_and_a_bridge_reopen_keeps_its_own_row(settings):
+    settings.BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT = 2
+    agent, server = AgentFactory(), UpstreamServerFactory()
+    seen("bridge-x", agent, server, 9000, era="modern", ended_at=timezone.now(), end_reason="idle")
+
+    _session, evicted = agent_session_open(
+        agent_id=agent.pk, server_id=server.pk, era="legacy", protocol_version="2025-11-25", client_info={}
+    )
+    assert evicted == []
+    bridge, evicted = agent_session_open(
+        agent_id=agent.pk,
+        server_id=server.pk,
+        era="modern",
+        protocol_version="x",
+        client_info={},
+        session_id="bridge-x",
+    )
+    assert evicted == [] and bridge.is_open and AgentSession.objects.filter(ended_at__isnull=True).count() == 2

@@ -69,9 +69,10 @@ def behavry_url(django_db_blocker):
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from proxy import inflight
+    from proxy import inflight, sessions
 
     asyncio.run_coroutine_threadsafe(inflight.stop_listening(), loops[0]).result(10)
+    asyncio.run_coroutine_threadsafe(sessions.stop_ticking(), loops[0]).result(10)
     asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), loops[0]).result(10)
     server.should_exit = True
     thread.join(10)

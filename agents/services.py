@@ -21,7 +21,8 @@ AGENT_EDITABLE_FIELDS = {"name", "description", "owner", "max_hold_seconds"}
 # A session's last_seen_at moves at most this often (agent_session_touch): a call on a busy
 # session costs a comparison, and the session one UPDATE a minute, not one per call.
 SESSION_TOUCH_SECONDS = 60
-# Idle sessions ended per transaction (agent_session_expire_idle).
+# Idle sessions ended per transaction (agent_session_expire_idle), ended ones deleted per statement
+# (agent_session_purge_ended): SQLite caps the parameters of one statement.
 SESSION_EXPIRY_BATCH = 500
 
 
@@ -310,6 +311,19 @@ def agent_session_expire_idle(*, limit: int = SESSION_EXPIRY_BATCH) -> list[Ende
     stale.filter(pk__in=ids).update(ended_at=now, end_reason="idle")
     claimed = AgentSession.objects.filter(pk__in=ids, ended_at=now, end_reason="idle")
     return [EndedSession(*row) for row in claimed.values_list(*_ENDED_FIELDS)]
+
+
+def agent_session_purge_ended(*, before: datetime, limit: int = SESSION_EXPIRY_BATCH) -> int:
+    """Delete up to `limit` sessions that ended before `before`, oldest first; returns how many.
+    Open sessions are never touched. Nothing refers to a session row (the audit trail names a
+    session by its id in an event's details), so this deletes nothing else."""
+    ids = list(
+        AgentSession.objects.filter(ended_at__lt=before).order_by("ended_at").values_list("pk", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    deleted, _by_model = AgentSession.objects.filter(pk__in=ids, ended_at__lt=before).delete()
+    return deleted
 
 
 @transaction.atomic

@@ -1,10 +1,14 @@
-"""Celery adapters for agents: the idle-session expiry."""
+"""Celery adapters for agents: the idle-session expiry and the retention of ended sessions."""
 
 from __future__ import annotations
 
-from celery import shared_task
+from datetime import timedelta
 
-from agents.services import SESSION_EXPIRY_BATCH, agent_session_expire_idle
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from agents.services import SESSION_EXPIRY_BATCH, agent_session_expire_idle, agent_session_purge_ended
 from proxy.sessions import end_upstream_blocking
 
 # Batches per run (each its own transaction, then its upstream DELETEs): a backlog larger than this
@@ -24,3 +28,21 @@ def expire_idle_sessions() -> int:
         if len(ended) < SESSION_EXPIRY_BATCH:
             break
     return ended_total
+
+
+# Deletes per run of the retention job; a larger backlog (the first run after an upgrade) is
+# finished by the next hourly runs.
+PURGE_BATCHES_PER_RUN = 200
+
+
+@shared_task(name="agents.tasks.purge_ended_sessions", ignore_result=True)
+def purge_ended_sessions() -> int:
+    """Delete sessions that ended more than BEHAVRY_MCP_SESSION_RETENTION_DAYS ago. Returns how many."""
+    before = timezone.now() - timedelta(days=settings.BEHAVRY_MCP_SESSION_RETENTION_DAYS)
+    deleted = 0
+    for _batch in range(PURGE_BATCHES_PER_RUN):
+        done = agent_session_purge_ended(before=before, limit=SESSION_EXPIRY_BATCH)
+        deleted += done
+        if done < SESSION_EXPIRY_BATCH:
+            break
+    return deleted

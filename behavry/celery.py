@@ -32,6 +32,9 @@ app.conf.beat_schedule = {
     # upstream sessions. Every 60 s: a session ends within a minute of qualifying, whatever the limit,
     # and a run with nothing idle is one query on a partial index of open sessions.
     "session-expiry": {"task": "agents.tasks.expire_idle_sessions", "schedule": 60.0},
+    # Delete sessions ended past BEHAVRY_MCP_SESSION_RETENTION_DAYS: day-granular, so hourly, as
+    # the audit retention.
+    "session-retention": {"task": "agents.tasks.purge_ended_sessions", "schedule": 3600.0},
 }
 
 

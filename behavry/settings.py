@@ -61,6 +61,10 @@ try:
     BEHAVRY_MCP_SESSION_IDLE_SECONDS = env_int("BEHAVRY_MCP_SESSION_IDLE_SECONDS", 3600, minimum=60)
     # Open sessions per agent and upstream; an initialize past it ends the least recently seen.
     BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT = env_int("BEHAVRY_MCP_MAX_SESSIONS_PER_AGENT", 64, minimum=1)
+    # Ended sessions are kept this long (the admin's session list, an investigation), then deleted
+    # by the hourly retention job: a client that initializes for every call would grow the table
+    # without end. What an agent did is in the audit trail, which has its own retention.
+    BEHAVRY_MCP_SESSION_RETENTION_DAYS = env_int("BEHAVRY_MCP_SESSION_RETENTION_DAYS", 30, minimum=1)
     # An upstream's answer is held whole to be checked and re-shaped (about three copies of it at
     # once): past this many bytes in one JSON body or one SSE event the call fails instead of
     # filling a process that serves every agent.

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from agents.models import AgentSession
-from agents.tasks import expire_idle_sessions
+from agents.tasks import expire_idle_sessions, purge_ended_sessions
 from behavry.celery import app as celery_app
 from tests.factories import AgentFactory, UpstreamServerFactory
 
@@ -81,3 +81,38 @@ def test_it_ends_sessions_on_an_unreachable_or_disabled_upstream_all_the_same(se
 
     assert expire_idle_sessions() == 2
     assert set(AgentSession.objects.values_list("end_reason", flat=True)) == {"idle"}
+
+
+def test_beat_runs_the_session_retention_hourly():
+    entry = celery_app.conf.beat_schedule["session-retention"]
+    assert (entry["task"], entry["schedule"]) == ("agents.tasks.purge_ended_sessions", 3600.0)
+
+
+def test_retention_deletes_only_sessions_ended_long_enough_ago(settings, monkeypatch):
+    settings.BEHAVRY_MCP_SESSION_RETENTION_DAYS = 30
+    monkeypatch.setattr("agents.tasks.SESSION_EXPIRY_BATCH", 2)  # several batches in one run
+    now = timezone.now()
+    agent, other = AgentFactory(), AgentFactory()
+    server = UpstreamServerFactory()
+
+    def session(owner, ended_days_ago):
+        ended = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
+        return AgentSession.objects.create(
+            id=f"s-{owner.pk}-{ended_days_ago}-{AgentSession.objects.count()}",
+            agent=owner,
+            server=server,
+            era="legacy",
+            protocol_version=VERSION,
+            created_at=now - timedelta(days=90),
+            last_seen_at=now - timedelta(days=90),
+            ended_at=ended,
+        )
+
+    old = [session(agent, 31), session(agent, 45), session(other, 60), session(other, 31)]
+    kept = [session(agent, 29), session(other, 1), session(agent, None), session(other, None)]
+
+    assert purge_ended_sessions() == 4
+    remaining = set(AgentSession.objects.values_list("pk", flat=True))
+    assert remaining == {s.pk for s in kept}  # open ones (old as they are) and recently ended ones stay
+    assert not remaining & {s.pk for s in old}
+    assert purge_ended_sessions() == 0

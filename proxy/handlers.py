@@ -619,7 +619,7 @@ async def handle_tools_call(req: McpRequest) -> Reply:
     decided = await _decide(req, tool=tool, arguments=arguments, request_id=request_id, started=started)
     decision, action, resource = decided.decision, decided.action, decided.resource
     if decision.decision != "deny" and req.era == "modern":
-        refused = await _refuse_param_mismatch(req, decided, tool, request_id, started)
+        refused = await _refuse_param_mismatch(req, decided, tool, arguments, request_id, started)
         if refused is not None:
             return refused
     if decision.decision == "escalate":
@@ -688,14 +688,14 @@ def _parked_token(req: McpRequest, tool: str, arguments: dict[str, Any]) -> str:
 
 
 async def _refuse_param_mismatch(
-    req: McpRequest, decided: _Decided, tool: str, request_id: str, started: float
+    req: McpRequest, decided: _Decided, tool: str, arguments: dict[str, Any], request_id: str, started: float
 ) -> Reply | None:
     """A 2026-07-28 call policy would let through (or hold) whose `Mcp-Param-*` headers disagree
     with its body: refused (400, -32020) as the transport requires of a server that reads the
     body, since a router in front of Behavry may have acted on them; no admin is asked about it.
     Checked after the decision, so that a call of a tool the agent may not use is denied and
     audited as such: its listing never showed that tool's schema, so a client sends no headers."""
-    problem = await mcp_param_mismatch(req.target, req.message, req.param_headers)
+    problem = await mcp_param_mismatch(req.target, tool, arguments, req.param_headers)
     if problem is None:
         return None
     await record_outcome(

@@ -59,10 +59,10 @@ class AgentIdentity:
 
 class TTLCache:
     """Entries served without the database while the cache generation they were read under is the
-    current one (proxy/generation.py) and they are younger than `lifetime()` seconds; past
-    its re-read point (REFRESH_AHEAD of that, less up to REFRESH_SPREAD), a hit also starts a re-read in the background
-    (behavry.dbthreads.refresh_ahead), so steady traffic never waits for one. `lifetime` is a
-    function so that the module constant it reads can be changed (tests, bench)."""
+    current one (proxy/generation.py) and they are younger than `lifetime()` seconds; past its
+    re-read point (REFRESH_AHEAD of that, less up to REFRESH_SPREAD), a hit also starts a re-read
+    in the background (behavry.dbthreads.refresh_ahead), so steady traffic never waits for one.
+    `lifetime` is a function so that the module constant it reads can be changed (tests, bench)."""
 
     def __init__(
         self,

@@ -795,21 +795,15 @@ def _passable_param_headers(
 
 
 async def mcp_param_mismatch(
-    target: UpstreamTarget, message: dict[str, Any], param_headers: dict[str, str]
+    target: UpstreamTarget, name: str, arguments: dict[str, Any], param_headers: dict[str, str]
 ) -> str | None:
-    """Why a 2026-07-28 agent's `Mcp-Param-*` headers disagree with its tools/call, or None.
-    Checked as the SDK server checks them (present together and equal, or absent together), for
-    tools whose catalogued schema marks arguments; a tool the catalog does not know is checked by
-    its upstream, which gets the headers as they came."""
-    params = message.get("params")
-    name = params.get("name") if isinstance(params, dict) else None
-    arguments = params.get("arguments") if isinstance(params, dict) else None
-    if message.get("method") != "tools/call" or not isinstance(name, str):
-        return None
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict) or (not arguments and not param_headers):
-        return None  # a bad `arguments` is refused later (-32602); nothing to compare here
+    """Why a 2026-07-28 agent's `Mcp-Param-*` headers disagree with its tools/call of `name`
+    (its `arguments` already checked to be an object), or None. Checked as the SDK server checks
+    them (present together and equal, or absent together), for tools whose catalogued schema
+    marks arguments; a tool the catalog does not know is checked by its upstream, which gets the
+    headers as they came."""
+    if not arguments and not param_headers:
+        return None  # nothing to compare
     try:
         known = await _tool_param_map(target, name)
     except Exception:

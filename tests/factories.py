@@ -5,7 +5,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from agents.models import Agent, Role
+from agents.models import Agent, AgentSession, Role
 from alerts.models import Alert, AlertSeverity, AlertType
 from proxy.models import UpstreamServer
 
@@ -44,6 +44,17 @@ class UpstreamServerFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"server-{n}")
     name = factory.LazyAttribute(lambda o: o.slug.title())
     url = "http://127.0.0.1:9/mcp"
+
+
+class AgentSessionFactory(factory.django.DjangoModelFactory):
+    """An open 2025-era session, seen now unless `last_seen_at` says otherwise."""
+
+    class Meta:
+        model = AgentSession
+
+    id = factory.Sequence(lambda n: f"session-{n}")
+    agent = factory.SubFactory(AgentFactory)
+    server = factory.SubFactory(UpstreamServerFactory)
 
 
 class AlertFactory(factory.django.DjangoModelFactory):

@@ -22,7 +22,7 @@ from agents.services import (
 from behavry.errors import Conflict, InvalidInput
 from behavry.tokens import AGENT_TOKEN_KIND, secret_digest
 from tests.conftest import TEST_ACTOR
-from tests.factories import AgentFactory, UpstreamServerFactory
+from tests.factories import AgentFactory, AgentSessionFactory, UpstreamServerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -118,13 +118,8 @@ def test_it_does_not_authenticate_garbage_or_api_keys():
 
 def seen(session_id, agent, server, seconds_ago, **fields):
     """A session last seen `seconds_ago`."""
-    return AgentSession.objects.create(
-        id=session_id,
-        agent=agent,
-        server=server,
-        last_seen_at=timezone.now() - timedelta(seconds=seconds_ago),
-        **fields,
-    )
+    last_seen_at = timezone.now() - timedelta(seconds=seconds_ago)
+    return AgentSessionFactory(id=session_id, agent=agent, server=server, last_seen_at=last_seen_at, **fields)
 
 
 def open_ids():

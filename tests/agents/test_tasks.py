@@ -9,7 +9,7 @@ from django.utils import timezone
 from agents.models import AgentSession
 from agents.tasks import expire_idle_sessions, purge_ended_sessions
 from behavry.celery import app as celery_app
-from tests.factories import AgentFactory, UpstreamServerFactory
+from tests.factories import AgentFactory, AgentSessionFactory, UpstreamServerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -50,7 +50,7 @@ def test_it_ends_idle_sessions_and_deletes_the_upstream_sessions_behind_them(set
     idle_up, busy_up = upstream_session(legacy_upstream), upstream_session(legacy_upstream)
     long_ago = timezone.now() - timedelta(hours=2)
     for session_id, upstream_id, last_seen in (("idle", idle_up, long_ago), ("busy", busy_up, timezone.now())):
-        AgentSession.objects.create(
+        AgentSessionFactory(
             id=session_id,
             agent=agent,
             server=server,
@@ -75,9 +75,7 @@ def test_it_ends_sessions_on_an_unreachable_or_disabled_upstream_all_the_same(se
     disabled = UpstreamServerFactory(enabled=False)
     long_ago = timezone.now() - timedelta(hours=2)
     for session_id, server in (("on-down", down), ("on-disabled", disabled)):
-        AgentSession.objects.create(
-            id=session_id, agent=agent, server=server, upstream_session_id="up", last_seen_at=long_ago
-        )
+        AgentSessionFactory(id=session_id, agent=agent, server=server, upstream_session_id="up", last_seen_at=long_ago)
 
     assert expire_idle_sessions() == 2
     assert set(AgentSession.objects.values_list("end_reason", flat=True)) == {"idle"}
@@ -97,16 +95,7 @@ def test_retention_deletes_only_sessions_ended_long_enough_ago(settings, monkeyp
 
     def session(owner, ended_days_ago):
         ended = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
-        return AgentSession.objects.create(
-            id=f"s-{owner.pk}-{ended_days_ago}-{AgentSession.objects.count()}",
-            agent=owner,
-            server=server,
-            era="legacy",
-            protocol_version=VERSION,
-            created_at=now - timedelta(days=90),
-            last_seen_at=now - timedelta(days=90),
-            ended_at=ended,
-        )
+        return AgentSessionFactory(agent=owner, server=server, last_seen_at=now - timedelta(days=90), ended_at=ended)
 
     old = [session(agent, 31), session(agent, 45), session(other, 60), session(other, 31)]
     kept = [session(agent, 29), session(other, 1), session(agent, None), session(other, None)]

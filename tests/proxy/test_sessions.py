@@ -25,6 +25,7 @@ from audit.models import AuditEvent
 from proxy import inflight, sessions
 from proxy import jsonrpc as rpc
 from tests.conftest import TEST_ACTOR
+from tests.factories import AgentSessionFactory
 from tests.proxy.conftest import mcp_client, run_in_thread
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("starter_policies")]
@@ -250,7 +251,7 @@ async def test_the_ticker_keeps_sessions_in_use_seen_and_no_others(agent, legacy
     monkeypatch.setattr(sessions, "TICK_SECONDS", 0.01)
 
     def make(session_id, by):
-        AgentSession.objects.create(id=session_id, agent=agent, server=legacy_server)
+        AgentSessionFactory(id=session_id, agent=agent, server=legacy_server)
         return age(session_id, by)
 
     before = {sid: await run_in_thread(make, sid, STALE) for sid in ("streaming", "calling", "quiet")}
